@@ -1,0 +1,104 @@
+"""Decoders: a latent code plus an angle (and optional shift) to an image ``(B, C, H, W)``.
+
+All three rotate by the same convention (:mod:`models.geometry`) and return unconstrained
+values (logits for a Bernoulli likelihood, means for a Gaussian one).
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .geometry import canvas_size, coordinate_grid, inverse_transform
+
+
+def _mlp(sizes, activation=nn.Tanh):
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    return nn.Sequential(*layers[:-1])
+
+
+class WarpDecoder(nn.Module):
+    """Decode a canonical image on a canvas >= sqrt(2) larger, rotate/shift it, crop the window.
+
+    One MLP call per image, then one ``grid_sample``: far cheaper than evaluating an MLP per pixel.
+    """
+
+    def __init__(self, image_shape, code_dim, hidden=(256, 256)):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        c, h, w = self.image_shape
+        self.canvas = (c, canvas_size(h), canvas_size(w))
+        self.net = _mlp([code_dim, *hidden, c * self.canvas[1] * self.canvas[2]])
+
+    def forward(self, code, angle=None, shift=None):
+        canvas = self.net(code).view(-1, *self.canvas)
+        if angle is None and shift is None:
+            return self._crop(canvas)
+        if angle is None:
+            angle = code.new_zeros(code.shape[0])
+        c, h, w = self.image_shape
+        scale = torch.tensor([w / self.canvas[2], h / self.canvas[1]], device=code.device)
+        theta = inverse_transform(angle, shift) * scale.view(1, 2, 1)
+        grid = F.affine_grid(theta, (code.shape[0], c, h, w), align_corners=False)
+        return F.grid_sample(canvas, grid, align_corners=False, padding_mode="border")
+
+    def _crop(self, canvas):
+        _, h, w = self.image_shape
+        top, left = (canvas.shape[-2] - h) // 2, (canvas.shape[-1] - w) // 2
+        return canvas[..., top:top + h, left:left + w]
+
+
+class SpatialDecoder(nn.Module):
+    """The article's spatial generator: an MLP of (rotated, shifted) pixel coordinates and the code.
+
+    The first layer is split into a coordinate part and a code part, so the code's contribution
+    is computed once per image instead of once per pixel.
+    """
+
+    def __init__(self, image_shape, code_dim, hidden=(128, 128)):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        c, h, w = self.image_shape
+        self.register_buffer("grid", coordinate_grid(h, w), persistent=False)
+        self.coord_in = nn.Linear(2, hidden[0])
+        self.code_in = nn.Linear(code_dim, hidden[0], bias=False)
+        self.body = _mlp([*hidden, c])
+
+    def forward(self, code, angle=None, shift=None):
+        batch = code.shape[0]
+        if angle is None:
+            angle = code.new_zeros(batch)
+        affine = inverse_transform(angle, shift)  # (B, 2, 3)
+        coords = self.grid @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]
+        hidden = torch.tanh(self.coord_in(coords) + self.code_in(code)[:, None, :])
+        c, h, w = self.image_shape
+        return self.body(hidden).transpose(1, 2).reshape(batch, c, h, w)
+
+
+class BroadcastDecoder(nn.Module):
+    """Spatial broadcast decoder: the code tiled over the rotated coordinate grid, then convolutions."""
+
+    def __init__(self, image_shape, code_dim, channels=(64, 64, 64)):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        c, h, w = self.image_shape
+        self.register_buffer("grid", coordinate_grid(h, w), persistent=False)
+        layers, in_c = [], code_dim + 2
+        for out_c in channels:
+            layers += [nn.Conv2d(in_c, out_c, 3, padding=1), nn.GELU()]
+            in_c = out_c
+        self.body = nn.Sequential(*layers, nn.Conv2d(in_c, c, 1))
+
+    def forward(self, code, angle=None, shift=None):
+        batch = code.shape[0]
+        if angle is None:
+            angle = code.new_zeros(batch)
+        affine = inverse_transform(angle, shift)
+        coords = self.grid @ affine[:, :, :2].transpose(1, 2) + affine[:, None, :, 2]
+        _, h, w = self.image_shape
+        coords = coords.transpose(1, 2).reshape(batch, 2, h, w)
+        tiled = code[:, :, None, None].expand(-1, -1, h, w)
+        return self.body(torch.cat([tiled, coords], dim=1))
+
+
+DECODERS = {"warp": WarpDecoder, "spatial": SpatialDecoder, "broadcast": BroadcastDecoder}

@@ -1,0 +1,42 @@
+"""Encoders: an image batch ``(B, C, H, W)`` to the ``loc`` and ``scale`` of a diagonal Gaussian."""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MLPEncoder(nn.Module):
+    """Flatten, then a stack of fully connected layers."""
+
+    def __init__(self, image_shape, out_dim, hidden=(256, 256)):
+        super().__init__()
+        layers, width = [], int(torch.tensor(image_shape).prod())
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.Tanh()]
+            width = h
+        self.body = nn.Sequential(nn.Flatten(), *layers)
+        self.head = nn.Linear(width, 2 * out_dim)
+
+    def forward(self, x):
+        loc, raw_scale = self.head(self.body(x)).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
+
+class ConvEncoder(nn.Module):
+    """Strided 3x3 convolutions that halve the image a few times, then a linear head."""
+
+    def __init__(self, image_shape, out_dim, channels=(32, 64, 64), hidden=256):
+        super().__init__()
+        c, h, w = image_shape
+        layers = []
+        for out_c in channels:
+            layers += [nn.Conv2d(c, out_c, 3, stride=2, padding=1), nn.GELU()]
+            c, h, w = out_c, (h + 1) // 2, (w + 1) // 2
+        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, hidden), nn.GELU())
+        self.head = nn.Linear(hidden, 2 * out_dim)
+
+    def forward(self, x):
+        loc, raw_scale = self.head(self.body(x)).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
+
+ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}

@@ -1,0 +1,154 @@
+"""The (class-conditional, rotationally invariant) VAE family as Pyro modules.
+
+One latent absorbs the in-plane rotation (``angle``, radians, counter-clockwise as displayed)
+and two optional ones a translation (``shift``); the rest (``z``) describe the content.
+``loss(x)`` is a differentiable -ELBO per sample, so a plain torch optimizer, torch DDP or
+Horovod drive the training without knowing about Pyro.
+"""
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.nn import PyroModule
+from torch.nn import functional as F
+
+from .decoders import DECODERS
+from .encoders import ENCODERS
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+class RVAE(PyroModule):
+    """Rotationally invariant VAE (Ziatdinov & Kalinin), with rotation/translation/classes optional.
+
+    Parameters
+    ----------
+    image_shape : (channels, height, width) of the input windows.
+    latent_dim : number of content latents ``z``.
+    rotation, translation : whether an angle latent and a ``(dy, dx)`` shift latent are used.
+    num_classes : > 0 makes the decoder class-conditional (one-hot label joins the code).
+    decoder : ``"warp"``, ``"spatial"`` or ``"broadcast"``; encoder : ``"mlp"`` or ``"conv"``.
+    likelihood : ``"bernoulli"`` (data in [0, 1]) or ``"gaussian"`` (``noise_scale``; None learns it).
+    angle_prior, shift_prior : widths of the zero-mean Gaussian priors (radians, half-windows).
+    """
+
+    def __init__(self, image_shape, *, latent_dim=2, rotation=True, translation=False,
+                 num_classes=0, decoder="warp", encoder="mlp", likelihood="bernoulli",
+                 noise_scale=0.1, angle_prior=1.0, shift_prior=0.1, hidden=(256, 256)):
+        super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder={decoder!r} is not one of {sorted(DECODERS)}")
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder={encoder!r} is not one of {sorted(ENCODERS)}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={likelihood!r} is not one of {list(LIKELIHOODS)}")
+        self.config = dict(
+            image_shape=tuple(int(s) for s in image_shape), latent_dim=latent_dim,
+            rotation=rotation, translation=translation, num_classes=num_classes,
+            decoder=decoder, encoder=encoder, likelihood=likelihood, noise_scale=noise_scale,
+            angle_prior=angle_prior, shift_prior=shift_prior, hidden=tuple(hidden))
+        self.image_shape = self.config["image_shape"]
+        self.latent_dim, self.rotation, self.translation = latent_dim, rotation, translation
+        self.num_classes, self.likelihood = num_classes, likelihood
+        self.encoder = ENCODERS[encoder](self.image_shape, self.encoded_dim)
+        decoder_kwargs = {"hidden": tuple(hidden)} if decoder != "broadcast" else {}
+        self.decoder = DECODERS[decoder](self.image_shape, latent_dim + num_classes, **decoder_kwargs)
+        self.register_buffer("angle_prior", torch.tensor(float(angle_prior)))
+        self.register_buffer("shift_prior", torch.tensor(float(shift_prior)))
+        if likelihood == "gaussian" and noise_scale is None:
+            self.log_noise_scale = torch.nn.Parameter(torch.tensor(-2.0))
+        else:
+            self.register_buffer("log_noise_scale", torch.tensor(float(noise_scale or 1.0)).log())
+        self._elbo = Trace_ELBO()
+
+    @property
+    def encoded_dim(self):
+        """Length of the encoded vector: ``[angle?, shift_y?, shift_x?, z...]``."""
+        return int(self.rotation) + 2 * int(self.translation) + self.latent_dim
+
+    # -- Pyro model and guide ---------------------------------------------------------------
+    def model(self, x, y=None):
+        batch = x.shape[0]
+        with pyro.plate("data", batch):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(batch, self.latent_dim), 1.0).to_event(1))
+            angle = shift = None
+            if self.rotation:
+                angle = pyro.sample("angle", dist.Normal(x.new_zeros(batch), self.angle_prior))
+            if self.translation:
+                shift = pyro.sample("shift", dist.Normal(x.new_zeros(batch, 2), self.shift_prior).to_event(1))
+            out = self.decoder(self._code(z, y), angle, shift)
+            pyro.sample("x", self._likelihood(out), obs=x)
+
+    def guide(self, x, y=None):
+        loc, scale = self.encoder(x)
+        parts = self._split(loc, scale)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(*parts["z"]).to_event(1))
+            if self.rotation:
+                pyro.sample("angle", dist.Normal(*parts["angle"]))
+            if self.translation:
+                pyro.sample("shift", dist.Normal(*parts["shift"]).to_event(1))
+
+    def loss(self, x, y=None):
+        """Differentiable -ELBO, mean per sample."""
+        return self._elbo.differentiable_loss(self.model, self.guide, x, y) / x.shape[0]
+
+    def forward(self, x, y=None):
+        return self.loss(x, y)
+
+    # -- inference helpers ------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x):
+        """Posterior ``(mean, std)`` of the encoded vector ``[angle?, shift_y?, shift_x?, z...]``."""
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def decode(self, z, angle=None, shift=None, y=None):
+        """Mean image for latents ``z``; ``z`` may also be a full encoded vector (angle/shift included).
+
+        Returns values on the data scale (probabilities for Bernoulli).
+        """
+        if z.shape[-1] == self.encoded_dim and self.encoded_dim != self.latent_dim:
+            parts = self._split(z, z)
+            z = parts["z"][0]
+            angle = parts["angle"][0] if angle is None and self.rotation else angle
+            shift = parts["shift"][0] if shift is None and self.translation else shift
+        out = self.decoder(self._code(z, y), angle, shift)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def reconstruct(self, x, y=None):
+        """Decode the posterior mean of ``x`` (rotation and shift included)."""
+        return self.decode(self.encode(x)[0], y=y)
+
+    # -- internals --------------------------------------------------------------------------
+    def _split(self, loc, scale):
+        parts, i = {}, 0
+        if self.rotation:
+            parts["angle"] = (loc[:, i], scale[:, i])
+            i += 1
+        if self.translation:
+            parts["shift"] = (loc[:, i:i + 2], scale[:, i:i + 2])
+            i += 2
+        parts["z"] = (loc[:, i:], scale[:, i:])
+        return parts
+
+    def _code(self, z, y):
+        if not self.num_classes:
+            return z
+        if y is None:
+            raise ValueError("this model is class-conditional: pass the labels y")
+        return torch.cat([z, F.one_hot(y.long(), self.num_classes).to(z.dtype)], dim=-1)
+
+    def _likelihood(self, out):
+        if self.likelihood == "bernoulli":
+            # Grey-level data in [0, 1] are scored with the Bernoulli cross-entropy, as in the article.
+            return dist.Bernoulli(logits=out, validate_args=False).to_event(3)
+        return dist.Normal(out, self.log_noise_scale.exp()).to_event(3)
+
+
+class VAE(RVAE):
+    """Plain VAE: no rotation latent."""
+
+    def __init__(self, image_shape, **kwargs):
+        kwargs.setdefault("rotation", False)
+        super().__init__(image_shape, **kwargs)

@@ -1,0 +1,143 @@
+"""The run configuration: one YAML file, validated once at the entry point.
+
+Every section is a strict pydantic model: an unknown key or a bad value is rejected with a
+one-line message naming the key (:func:`load_config`). The stage functions take the fields
+as explicit keyword arguments; they never see this module's classes.
+"""
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(Section):
+    """Embedded default data with known ground truth (``rvae synth``)."""
+    kind: Literal["lattice", "4dstem"] = Field("lattice", description="atomic lattice image or 4D-STEM cube")
+    size: int = Field(384, gt=15, description="image side in pixels (lattice) or scan side (4dstem)")
+    spacing: float = Field(10.0, gt=2, description="lattice spacing in pixels")
+    grains: int = Field(4, ge=1, description="number of grains (Voronoi cells) with distinct rotations")
+    dose: Optional[float] = Field(200.0, gt=0, description="electrons per pixel at full intensity (shot noise); null: none")
+    drift: float = Field(0.0, description="scan drift: columns of x-shift per row of y")
+    pixel_size: float = Field(0.03, gt=0, description="nm per pixel")
+    seed: int = 0
+
+
+class IngestConfig(Section):
+    """Source file to Zarr cube (``rvae ingest``)."""
+    dims: Optional[str] = Field(None, description="comma-separated dim names, e.g. 'y,x,ky,kx' (default: by ndim)")
+    dataset: Optional[str] = Field(None, description="HDF5 dataset path or Zarr array name inside the source")
+    pixel_size: float = Field(1.0, gt=0, description="scan step in physical units")
+    units: str = Field("px", description="units of the scan axes")
+
+
+class PatchesConfig(Section):
+    """Cube to training patch stack (``rvae patches``)."""
+    mode: Literal["points", "grid", "frames"] = Field("points", description="atom-centred windows, a grid of windows, or whole frames")
+    window: int = Field(32, ge=4, description="window side in pixels (points, grid)")
+    stride: Optional[int] = Field(None, ge=1, description="grid step in pixels (default: the window)")
+    transform: Literal["none", "logfft"] = Field("none", description="per-window transform: logfft = log |FFT| of the Hann-windowed window")
+    binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
+    min_distance: int = Field(3, ge=1, description="points mode: minimum distance between atom columns, pixels")
+    threshold: float = Field(0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
+    max_samples: Optional[int] = Field(20000, ge=1, description="training stack bound; a random subset above it")
+    seed: int = 0
+    variable: str = Field("data", description="data variable of the cube")
+
+
+class ModelConfig(Section):
+    """The rVAE (``rvae train``)."""
+    latent_dim: int = Field(2, ge=1)
+    rotation: bool = True
+    translation: bool = False
+    decoder: Literal["warp", "spatial", "broadcast"] = "warp"
+    encoder: Literal["mlp", "conv"] = "mlp"
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    noise_scale: Optional[float] = Field(0.1, gt=0, description="gaussian likelihood width; null: learned")
+    angle_prior: float = Field(1.0, gt=0, description="prior width of the angle latent, radians")
+    shift_prior: float = Field(0.1, gt=0, description="prior width of the shift latents, half-windows")
+    hidden: tuple[int, ...] = (256, 256)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    threads: Optional[int] = Field(None, ge=1, description="torch threads (default: torch's choice)")
+
+
+class EncodeConfig(Section):
+    """Stream the cube through the encoder (``rvae encode``)."""
+    batch_size: int = Field(1024, ge=1)
+    block: int = Field(4096, ge=1, description="samples per streamed block (a results chunk)")
+    symmetry: int = Field(1, ge=1, description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]")
+
+
+class RunConfig(Section):
+    """``rvae run CONFIG``: the whole chain in ``workdir``."""
+    workdir: Path = Path("rvae-run")
+    input: Optional[Path] = Field(None, description="source file or Zarr cube; null: generate synthetic data")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    ingest: IngestConfig = IngestConfig()
+    patches: PatchesConfig = PatchesConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    encode: EncodeConfig = EncodeConfig()
+
+    @model_validator(mode="after")
+    def _frames_need_no_window(self):
+        if self.patches.mode == "frames" and self.patches.transform != "none":
+            raise ValueError("patches.transform applies to 'points' and 'grid' windows, not to 'frames'")
+        return self
+
+
+def format_validation_error(err, prefix=""):
+    """One line per problem: ``key.path: message``."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        if e["type"] == "extra_forbidden":
+            section = _section_at(e["loc"][:-1])
+            lines.append(f"{key}: unknown key (allowed: {', '.join(section.model_fields)})")
+        else:
+            lines.append(f"{key or 'config'}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _section_at(loc):
+    section = RunConfig
+    for name in loc:
+        section = section.model_fields[name].annotation
+    return section
+
+
+def parse_config(data, section=RunConfig, source="config"):
+    """Validate a mapping into ``section``; raise ``ValueError`` with a one-line message."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return section.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(f"{source}: {format_validation_error(err)}") from err
+
+
+def load_config(path):
+    """Read and validate a YAML run configuration."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
+    return parse_config(data, source=str(path))
+
+
+def to_yaml(config):
+    """The resolved configuration as YAML text (stored in the results' attrs)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
