@@ -19,7 +19,7 @@ def open_store(path, *, what="store"):
     if not path.exists():
         raise FileNotFoundError(f"no {what} at {str(path)!r}")
     try:
-        return xr.open_zarr(path, consolidated=False)
+        return xr.open_zarr(path)
     except Exception as err:  # zarr raises many types for a directory that is not a store
         raise ValueError(f"{str(path)!r} is not a readable Zarr {what}: {err}") from err
 

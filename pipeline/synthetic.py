@@ -153,5 +153,5 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, **params):
     ds = make(**params)
     chunks = {"y": 256, "x": 256} if kind == "lattice" else {"y": 16, "x": 16}
     with staged_output(path, overwrite) as staging:
-        ds.chunk(chunks).to_zarr(staging, zarr_format=3, consolidated=False)
+        ds.chunk(chunks).to_zarr(staging, zarr_format=3)
     return ds

@@ -1,0 +1,196 @@
+"""The encode stage: stream the cube through the trained encoder into ``results.zarr``.
+
+Every position recorded in the patch store (each atom column, each grid window, each scan
+position) is encoded, a block of positions at a time: a block reads only the cube region its
+windows cover. The results' layout is written first (a template); each finished block then
+fills its own chunk-aligned region and ticks its entry in ``block_done``, so an interrupted run
+resumes where it stopped. ``attrs["complete"] = True`` is written last.
+"""
+import math
+import shutil
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+from models import load_checkpoint
+
+from . import provenance
+from .patches import check_cube
+from .stores import open_cube, open_store
+from .windows import WindowSpec, window_bounds
+
+
+def wrap_angle(angle, symmetry=1):
+    """Wrap radians into ``(-pi/n, pi/n]`` for an n-fold symmetric object."""
+    half = np.pi / symmetry
+    return half - np.mod(half - angle, 2 * half)
+
+
+class EncodePlan:
+    """Which positions form each block and where each block's results go."""
+
+    def __init__(self, patch_attrs, positions, scan_shape, block):
+        self.mode = patch_attrs["mode"]
+        self.positions = positions
+        if self.mode == "points":
+            self.shape, self.dims = (len(positions),), ("sample",)
+            self.step = block
+        else:
+            self.shape = tuple(patch_attrs["grid_shape"]) if self.mode == "grid" else tuple(scan_shape)
+            self.dims = ("y", "x")
+            self.step = max(1, block // self.shape[1]) * self.shape[1]  # whole rows of the grid
+        self.chunks = (self.step,) if self.mode == "points" else (self.step // self.shape[1], self.shape[1])
+        self.n_blocks = math.ceil(len(positions) / self.step)
+
+    def block(self, b):
+        """Flat position indices of block ``b`` and its region in the results' dims."""
+        start, stop = b * self.step, min((b + 1) * self.step, len(self.positions))
+        if self.mode == "points":
+            region = (slice(start, stop),)
+        else:
+            region = (slice(start // self.shape[1], stop // self.shape[1]), slice(None))
+        return slice(start, stop), region
+
+
+def results_template(plan, cube, spec, model, symmetry, attrs):
+    """The results Dataset, lazily zero-filled, with coordinates and units."""
+    latent = model.latent_dim
+    space = plan.shape
+
+    def empty(*lead, dtype=np.float32):
+        return da.full((*lead, *space), np.nan, dtype=dtype, chunks=(*lead, *plan.chunks))
+
+    rows, cols = plan.positions[:, 0], plan.positions[:, 1]
+    yc, xc = cube["y"].values, cube["x"].values
+    y_at = np.interp(rows, np.arange(len(yc)), yc)
+    x_at = np.interp(cols, np.arange(len(xc)), xc)
+    if plan.mode == "points":
+        coords = {"y": ("sample", y_at, dict(cube["y"].attrs)), "x": ("sample", x_at, dict(cube["x"].attrs)),
+                  "row": ("sample", rows, {"units": "px"}), "col": ("sample", cols, {"units": "px"})}
+    else:
+        coords = {"y": ("y", y_at.reshape(space)[:, 0], dict(cube["y"].attrs)),
+                  "x": ("x", x_at.reshape(space)[0], dict(cube["x"].attrs))}
+    coords["latent"] = ("latent", np.arange(latent))
+    half = np.pi / symmetry
+    data = {
+        "z": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent mean"}),
+        "z_std": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent posterior std"}),
+        "recon_error": (plan.dims, empty(), {"units": "1", "long_name": "mean squared reconstruction error (normalised)"}),
+        "block_done": (("block",), da.zeros(plan.n_blocks, dtype=np.int8, chunks=1), {"long_name": "1 where a block is written"}),
+    }
+    if model.rotation:
+        data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, wrapped to (-pi/{symmetry}, pi/{symmetry}]",
+                                               "valid_range": [-half, half]})
+        data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
+    if model.translation:
+        for axis in ("y", "x"):
+            data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})
+    return xr.Dataset(data, coords=coords, attrs={**attrs, "complete": False})
+
+
+def encode_block(model, spec, cube, positions, batch_size):
+    """Encode one block: ``(mean, std, recon_error)`` as NumPy arrays."""
+    centres = positions.round().astype(np.int64)
+    if spec.mode == "frames":
+        region = cube.data.vindex[centres[:, 0], centres[:, 1]].compute()
+        samples = spec.samples(region)
+    else:
+        (r0, r1), (c0, c1) = window_bounds(centres, spec.window)
+        samples = spec.samples(cube.data[r0:r1, c0:c1].compute(), centres - [r0, c0])
+    if not np.isfinite(samples).all():
+        raise ValueError(f"non-finite values in the cube near row {int(centres[0, 0])}, col {int(centres[0, 1])}")
+    means, stds, errors = [], [], []
+    for i in range(0, len(samples), batch_size):
+        x = torch.from_numpy(samples[i:i + batch_size])
+        mean, std = model.encode(x)
+        recon = model.decode(mean)
+        means.append(mean.numpy()), stds.append(std.numpy())
+        errors.append(((recon - x) ** 2).mean(dim=(1, 2, 3)).numpy())
+    return np.concatenate(means), np.concatenate(stds), np.concatenate(errors)
+
+
+def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096,
+           symmetry=1, overwrite=False, config_text=None, variable=None, log=print):
+    """``rvae encode``: write ``results.zarr``; resumes an unfinished run of the same inputs."""
+    model, payload = load_checkpoint(checkpoint_path)
+    model.eval()
+    patch_store = open_store(patches_path, what="patch store")
+    attrs = dict(patch_store.attrs)
+    spec = WindowSpec.from_attrs(attrs)
+    cube = check_cube(open_cube(cube_path, variable or attrs.get("variable", "data")), attrs["mode"])
+    if tuple(model.image_shape[1:]) != spec.sample_shape(cube.shape[2:]):
+        raise ValueError(f"checkpoint expects {model.image_shape[1:]} samples, the patch store makes "
+                         f"{spec.sample_shape(cube.shape[2:])}: train on this patch store first")
+    positions = np.stack([patch_store["position_row"].values, patch_store["position_col"].values], -1)
+    plan = EncodePlan(attrs, positions, cube.shape[:2], block)
+    provenance_attrs = {
+        "source": str(Path(cube_path).resolve()), "source_mtime": provenance.modification_time(cube_path),
+        "patches": str(Path(patches_path).resolve()), "checkpoint": str(Path(checkpoint_path).resolve()),
+        "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "mode": plan.mode,
+        "symmetry": symmetry, "config": config_text or "", "software_version": provenance.software_version(),
+        "git_commit": provenance.git_commit(), "created": provenance.now()}
+    group = _open_or_create(out_path, plan, cube, spec, model, symmetry, provenance_attrs, overwrite)
+
+    done = group["block_done"][:]
+    todo = [b for b in range(plan.n_blocks) if not done[b]]
+    if len(todo) < plan.n_blocks:
+        log(f"resuming: {plan.n_blocks - len(todo)} of {plan.n_blocks} blocks already written")
+    for count, b in enumerate(todo, 1):
+        flat, region = plan.block(b)
+        mean, std, error = encode_block(model, spec, cube, positions[flat], batch_size)
+        _write_block(group, plan, model, region, mean, std, error, symmetry)
+        group["block_done"][b] = 1
+        if count == len(todo) or count % max(1, len(todo) // 10) == 0:
+            log(f"encoded block {count}/{len(todo)} ({flat.stop} of {len(positions)} positions)")
+    group.attrs["complete"] = True  # last: a store without it is unfinished
+    zarr.consolidate_metadata(str(out_path))
+    return xr.open_zarr(out_path)
+
+
+def _open_or_create(out_path, plan, cube, spec, model, symmetry, attrs, overwrite):
+    out = Path(out_path)
+    if out.exists():
+        existing = zarr.open_group(str(out), mode="r")
+        same_run = existing.attrs.get("checkpoint_sha256") == attrs["checkpoint_sha256"] and \
+            existing.attrs.get("patches") == attrs["patches"] and existing.attrs.get("symmetry") == symmetry
+        if overwrite:
+            shutil.rmtree(out)
+        elif existing.attrs.get("complete"):
+            raise FileExistsError(f"{str(out)!r} already holds complete results; choose another output or pass --overwrite")
+        elif not same_run:
+            raise FileExistsError(f"{str(out)!r} holds unfinished results of a different run; pass --overwrite to replace them")
+        else:
+            return zarr.open_group(str(out), mode="r+")
+    template = results_template(plan, cube, spec, model, symmetry, attrs)
+    template.to_zarr(out, compute=False, zarr_format=3)
+    group = zarr.open_group(str(out), mode="r+")
+    for name in template.coords:  # coordinates are in memory: write them now, not with the blocks
+        group[name][:] = template[name].values
+    return group
+
+
+def _write_block(group, plan, model, region, mean, std, error, symmetry):
+    """Write one block's posterior (columns ``[angle?, shift?, z...]``) into its region."""
+    shape = tuple(len(range(*r.indices(n))) for r, n in zip(region, plan.shape))
+
+    def put(name, values):  # values (n,) or (latent, n) in flat position order
+        lead = values.shape[:-1]
+        group[name][(slice(None),) * len(lead) + region] = values.reshape(*lead, *shape)
+
+    i = 0
+    if model.rotation:
+        put("angle", wrap_angle(mean[:, 0], symmetry))
+        put("angle_std", std[:, 0])
+        i = 1
+    if model.translation:
+        half = np.array(model.image_shape[1:]) / 2  # shift latents are in half-windows
+        put("shift_y", mean[:, i] * half[0])
+        put("shift_x", mean[:, i + 1] * half[1])
+        i += 2
+    put("z", mean[:, i:].T)
+    put("z_std", std[:, i:].T)
+    put("recon_error", error)

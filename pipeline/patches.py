@@ -1,0 +1,123 @@
+"""The patch stage: a cube to a bounded training stack ``patches (sample, channel, py, px)``.
+
+Modes: ``points`` (windows centred on atom columns found by :mod:`pipeline.peaks`), ``grid``
+(windows at a stride, optionally log-|FFT| transformed) and ``frames`` (every scan position's
+diffraction pattern). Windows are cut with Dask, a block of samples per task, each task reading
+only the region of the cube its windows cover. The store also records every position the
+encode stage must visit and the :class:`~pipeline.windows.WindowSpec` that turns a cube region
+into normalised samples.
+"""
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .stores import check_writable, open_cube, staged_output
+from .windows import WindowSpec, grid_centres, inside, window_bounds
+
+SAMPLE_CHUNK = 1024
+TILE = 256  # pixels; positions are ordered tile by tile so a block of samples reads a compact region
+
+
+def plan_positions(cube, *, mode, window, stride, min_distance, threshold, intensity_range):
+    """All sample positions (row, col) the mode defines on this cube, tile-ordered; and the grid shape."""
+    shape = cube.shape[:2]
+    if mode == "frames":
+        rows, cols = np.indices(shape)
+        return np.stack([rows.ravel(), cols.ravel()], -1).astype(float), shape
+    if window > min(shape):
+        raise ValueError(f"window {window} px is larger than the image ({shape[0]} x {shape[1]} px); "
+                         f"choose --window <= {min(shape)}")
+    if mode == "grid":
+        centres, grid_shape = grid_centres(shape, window, stride or window)
+        return centres.astype(float), grid_shape
+    from .peaks import find_atom_columns
+
+    found = find_atom_columns(cube.data, min_distance=min_distance, threshold=threshold,
+                              intensity_range=intensity_range)
+    found = found[inside(found.round().astype(int), shape, window)]
+    if len(found) == 0:
+        raise ValueError(f"no atom columns found with a whole {window}-px window inside the image "
+                         f"(threshold={threshold}, min_distance={min_distance}); lower --threshold or --window")
+    order = np.lexsort((found[:, 1], found[:, 0], found[:, 1] // TILE, found[:, 0] // TILE))
+    return found[order], None
+
+
+def check_cube(cube, mode):
+    """Dims must fit the mode; returns the cube with scan dims first."""
+    expected = {"points": ("y", "x"), "grid": ("y", "x"), "frames": ("y", "x", "ky", "kx")}[mode]
+    if set(cube.dims) != set(expected):
+        hint = "use --mode frames" if cube.ndim == 4 else "use --mode points or grid"
+        raise ValueError(f"mode {mode!r} needs a cube with dims {expected}, got {cube.dims}; {hint}")
+    return cube.transpose(*expected)
+
+
+def sample_blocks(spec, cube, positions, chunk=SAMPLE_CHUNK):
+    """Lazy raw samples for ``positions``: one Dask task per ``chunk`` samples."""
+    blocks = []
+    for start in range(0, len(positions), chunk):
+        block = positions[start:start + chunk].round().astype(np.int64)
+        if spec.mode == "frames":
+            region = cube.data.vindex[block[:, 0], block[:, 1]]
+            task = dask.delayed(spec.raw)(region)
+        else:
+            (r0, r1), (c0, c1) = window_bounds(block, spec.window)
+            task = dask.delayed(spec.raw)(cube.data[r0:r1, c0:c1], block - [r0, c0])
+        shape = (len(block), 1, *spec.sample_shape(cube.shape[2:]))
+        blocks.append(da.from_delayed(task, shape=shape, dtype=np.float32))
+    return da.concatenate(blocks)
+
+
+def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1,
+                    min_distance=3, threshold=0.3, max_samples=20000, seed=0):
+    """Build the patch store's Dataset (lazy); the normalisation is computed here (one pass)."""
+    cube = check_cube(cube, mode)
+    lo, hi, finite = dask.compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all())
+    if not finite:
+        raise ValueError(f"cube {cube.name!r} contains NaN or Inf values; clean or mask them before extracting patches")
+    positions, grid_shape = plan_positions(cube, mode=mode, window=window, stride=stride,
+                                           min_distance=min_distance, threshold=threshold,
+                                           intensity_range=(lo, hi))
+    chosen = np.arange(len(positions))
+    if max_samples is not None and len(positions) > max_samples:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(positions), max_samples, replace=False))
+    spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
+                      transform=transform if mode != "frames" else "none", binning=binning)
+    raw = sample_blocks(spec, cube, positions[chosen])
+    smin, smax = dask.compute(raw.min(), raw.max())
+    spec = WindowSpec(**{**spec.__dict__, "offset": float(smin), "scale": float(smax - smin) or 1.0})
+    patches = spec.normalise(raw).rechunk((SAMPLE_CHUNK, -1, -1, -1))
+
+    yc, xc = (cube[d].values for d in ("y", "x"))
+    chosen_pos = positions[chosen]
+    ds = xr.Dataset(
+        {"patches": (("sample", "channel", "py", "px"), patches, {"long_name": "normalised sample"}),
+         "position_row": ("position", positions[:, 0], {"units": "px", "long_name": "row of every position to encode"}),
+         "position_col": ("position", positions[:, 1], {"units": "px", "long_name": "column of every position to encode"})},
+        coords={"row": ("sample", chosen_pos[:, 0], {"units": "px"}),
+                "col": ("sample", chosen_pos[:, 1], {"units": "px"}),
+                "y": ("sample", np.interp(chosen_pos[:, 0], np.arange(len(yc)), yc), dict(cube["y"].attrs)),
+                "x": ("sample", np.interp(chosen_pos[:, 1], np.arange(len(xc)), xc), dict(cube["x"].attrs))},
+        attrs={"mode": mode, "stride": int(stride or window), "grid_shape": list(grid_shape or []),
+               "image_shape": list(cube.shape[:2]), "normalisation": "normalised = (value - offset) / scale",
+               **spec.to_attrs()})
+    return ds
+
+
+def write_patches(cube_path, out_path, *, variable="data", overwrite=False, progress=True, **options):
+    """``rvae patches``: extract and write the patch store; returns its Dataset (lazy)."""
+    cube = open_cube(cube_path, variable)
+    check_writable(out_path, overwrite)
+    ds = extract_patches(cube, **options)
+    ds.attrs.update(source=str(cube_path), variable=variable)
+    with staged_output(out_path, overwrite) as staging, _progress(progress):
+        ds.to_zarr(staging, zarr_format=3)
+    return ds
+
+
+def _progress(enabled):
+    from contextlib import nullcontext
+
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar(minimum=2) if enabled else nullcontext()

@@ -1,0 +1,118 @@
+"""Cutting windows out of an image region, per-window transforms and the recorded normalisation.
+
+Pure NumPy functions of arrays: the patch stage drives them through Dask, the encode stage
+block by block while it streams the cube, so both see exactly the same windows.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def cut_windows(region, centres, window):
+    """Windows ``(N, window, window)`` centred on integer ``centres`` (N, 2) (row, col) of ``region``.
+
+    A window covers ``[c - window // 2, c - window // 2 + window)`` on each axis.
+    """
+    start = np.asarray(centres, dtype=np.int64) - window // 2
+    offsets = np.arange(window)
+    rows = start[:, 0, None] + offsets
+    cols = start[:, 1, None] + offsets
+    return region[rows[:, :, None], cols[:, None, :]]
+
+
+def log_fft_magnitude(windows):
+    """``log(1 + |FFT|)`` of each Hann-windowed, mean-subtracted window, zero frequency centred.
+
+    Periodic content then no longer depends on the lattice phase (translation), yet the pattern
+    of Bragg peaks still rotates with the lattice.
+    """
+    n = windows.shape[-1]
+    hann = np.outer(np.hanning(n), np.hanning(n))
+    centred = windows - windows.mean(axis=(-2, -1), keepdims=True)
+    spectrum = np.fft.fftshift(np.abs(np.fft.fft2(centred * hann)), axes=(-2, -1))
+    return np.log1p(spectrum)
+
+
+def bin_frames(frames, factor):
+    """Sum ``factor`` x ``factor`` detector pixels (frames ``(N, ky, kx)``, cropped to a multiple)."""
+    if factor == 1:
+        return frames
+    n, ky, kx = frames.shape
+    ky, kx = ky - ky % factor, kx - kx % factor
+    binned = frames[:, :ky, :kx].reshape(n, ky // factor, factor, kx // factor, factor)
+    return binned.sum(axis=(2, 4))
+
+
+TRANSFORMS = {"none": lambda w: w, "logfft": log_fft_magnitude}
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How a sample is made from the cube: window size, transform, binning and normalisation.
+
+    Stored in the patch store's attrs; ``normalised = (value - offset) / scale``.
+    """
+
+    mode: str
+    window: int = 0
+    transform: str = "none"
+    binning: int = 1
+    offset: float = 0.0
+    scale: float = 1.0
+
+    def raw(self, region, centres=None):
+        """Transformed (not normalised) samples ``(N, 1, h, w)`` float32.
+
+        ``region``: a 2D image block with ``centres`` relative to it, or (frames mode) an array
+        ``(..., ky, kx)`` of diffraction patterns.
+        """
+        region = np.asarray(region, dtype=np.float32)
+        if self.mode == "frames":
+            samples = bin_frames(region.reshape(-1, *region.shape[-2:]), self.binning)
+        else:
+            samples = TRANSFORMS[self.transform](cut_windows(region, centres, self.window))
+        return samples.astype(np.float32)[:, None]
+
+    def sample_shape(self, signal_shape=()):
+        """``(h, w)`` of one sample; ``signal_shape`` is a frame's ``(ky, kx)`` in frames mode."""
+        if self.mode == "frames":
+            return tuple(int(n) // self.binning for n in signal_shape)
+        return (self.window, self.window)
+
+    def normalise(self, samples):
+        return ((samples - self.offset) / self.scale).astype(np.float32)
+
+    def samples(self, region, centres=None):
+        """Normalised samples, ready for the model."""
+        return self.normalise(self.raw(region, centres))
+
+    def to_attrs(self):
+        return {f"window_spec_{k}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_attrs(cls, attrs):
+        prefix = "window_spec_"
+        return cls(**{k[len(prefix):]: v for k, v in attrs.items() if k.startswith(prefix)})
+
+
+def grid_centres(shape, window, stride):
+    """Centres (row, col) of the windows on a grid; the grid's shape ``(ny, nx)``."""
+    ny = (shape[0] - window) // stride + 1
+    nx = (shape[1] - window) // stride + 1
+    rows = np.arange(ny) * stride + window // 2
+    cols = np.arange(nx) * stride + window // 2
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack([rr.ravel(), cc.ravel()], -1), (ny, nx)
+
+
+def inside(centres, shape, window):
+    """Mask of integer centres whose whole window lies inside an image of ``shape``."""
+    start = centres - window // 2
+    return np.all((start >= 0) & (start + window <= np.asarray(shape)), axis=1)
+
+
+def window_bounds(centres, window):
+    """The region ``((r0, r1), (c0, c1))`` that holds every window around ``centres``."""
+    start = centres.min(axis=0) - window // 2
+    stop = centres.max(axis=0) - window // 2 + window
+    return (int(start[0]), int(stop[0])), (int(start[1]), int(stop[1]))
