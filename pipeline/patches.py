@@ -110,12 +110,13 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
     check_writable(out_path, overwrite)
     ds = extract_patches(cube, **options)
     ds.attrs.update(source=str(cube_path), variable=variable)
-    with staged_output(out_path, overwrite) as staging, _progress(progress):
+    with staged_output(out_path, overwrite) as staging, progress_bar(progress):
         ds.to_zarr(staging, zarr_format=3)
     return ds
 
 
-def _progress(enabled):
+def progress_bar(enabled):
+    """Dask's progress bar for computations longer than two seconds."""
     from contextlib import nullcontext
 
     from dask.diagnostics import ProgressBar

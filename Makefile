@@ -1,0 +1,27 @@
+# One command to set up and run the demo, one to set up and run the tests.
+# Both create .venv if missing; torch is pinned first so pip never pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+
+.PHONY: install demo test clean
+
+$(BIN)/rvae: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/rvae
+
+# The demo's own work directory is replaced on every run (--overwrite).
+demo: install
+	$(BIN)/rvae demo --workdir rvae-demo --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf rvae-demo .pytest_cache

@@ -1,0 +1,129 @@
+"""The ``rvae`` command line: one subcommand per stage, ``run CONFIG`` and ``demo``.
+
+Stage options are generated from the configuration sections (:mod:`pipeline.config`), so the
+flags, their help and their validation are those of the YAML keys. Input errors print one
+line and exit with status 1.
+"""
+import argparse
+import sys
+import typing
+
+from . import config as cfg
+
+STAGES = {
+    "synth": ("write the embedded synthetic dataset (with ground truth) as a Zarr cube",
+              ["out"], [cfg.SyntheticConfig]),
+    "ingest": ("convert npy/tiff/hdf5/zarr to a labelled Zarr v3 cube", ["source", "out"], [cfg.IngestConfig]),
+    "patches": ("cut the training patch stack from a cube (Dask)", ["cube", "out"], [cfg.PatchesConfig]),
+    "train": ("train an rVAE on a patch store", ["patches", "checkpoint"], [cfg.ModelConfig, cfg.TrainConfig]),
+    "encode": ("stream the cube through the encoder into results.zarr",
+               ["cube", "patches", "checkpoint", "out"], [cfg.EncodeConfig]),
+    "report": ("figures and a summary of results.zarr", ["results", "out"], []),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="rvae", description="rotationally invariant VAEs for microscopy cubes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, positionals, sections) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for arg in positionals:
+            p.add_argument(arg)
+        for section in sections:
+            _add_section(p, section)
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p = sub.add_parser("run", help="run every stage from a YAML config")
+    p.add_argument("config")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the workdir")
+    p = sub.add_parser("demo", help="synthetic lattice through every stage; prints the rotation-map error")
+    p.add_argument("--workdir", default="rvae-demo")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
+    return parser
+
+
+def _add_section(parser, section):
+    group = parser.add_argument_group(section.__name__.removesuffix("Config").lower() + " options")
+    for name, field in section.model_fields.items():
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+        default = field.default if field.default is not None else "none"
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, choices=choices,
+                           metavar=None if choices else "VALUE",
+                           help=f"{field.description or ''} (default: {default})".strip())
+
+
+def _section_values(args, section):
+    values = {}
+    for name, field in section.model_fields.items():
+        if name not in args:
+            continue
+        raw = getattr(args, name)
+        if raw.lower() in ("none", "null"):
+            values[name] = None
+        elif typing.get_origin(field.annotation) is tuple:
+            values[name] = [v for v in raw.split(",") if v]
+        else:
+            values[name] = raw
+    return cfg.parse_config(values, section, source=f"rvae {args.command}").model_dump()
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        _dispatch(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
+        print(f"rvae {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"rvae {args.command}: interrupted; unfinished outputs are not marked complete", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _dispatch(args):
+    command = args.command
+    if command == "synth":
+        from .synthetic import write_synthetic
+
+        write_synthetic(args.out, overwrite=args.overwrite, **_section_values(args, cfg.SyntheticConfig))
+        print(f"wrote {args.out}")
+    elif command == "ingest":
+        from .ingest import ingest
+
+        ds = ingest(args.source, args.out, overwrite=args.overwrite, **_section_values(args, cfg.IngestConfig))
+        print(f"wrote {args.out}: data {dict(ds['data'].sizes)}")
+    elif command == "patches":
+        from .patches import write_patches
+
+        ds = write_patches(args.cube, args.out, overwrite=args.overwrite, **_section_values(args, cfg.PatchesConfig))
+        print(f"wrote {args.out}: {ds.sizes['sample']} samples of {ds.sizes['py']}x{ds.sizes['px']} "
+              f"({ds.sizes['position']} positions to encode)")
+    elif command == "train":
+        from .train import train
+
+        train(args.patches, args.checkpoint, overwrite=args.overwrite,
+              model_options=_section_values(args, cfg.ModelConfig), **_section_values(args, cfg.TrainConfig))
+        print(f"wrote {args.checkpoint}")
+    elif command == "encode":
+        from .encode import encode
+
+        encode(args.cube, args.patches, args.checkpoint, args.out, overwrite=args.overwrite,
+               **_section_values(args, cfg.EncodeConfig))
+        print(f"wrote {args.out}")
+    elif command == "report":
+        from .report import write_report
+
+        for path in write_report(args.results, args.out, overwrite=args.overwrite):
+            print(f"wrote {path}")
+    elif command == "run":
+        from .run import run
+
+        run(cfg.load_config(args.config), overwrite=args.overwrite)
+    elif command == "demo":
+        from .run import demo
+
+        demo(args.workdir, epochs=args.epochs, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The report stage: figures people would rather look at than read, and a short text summary.
+
+Imported by the CLI only; nothing else depends on matplotlib.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .stores import open_store
+
+
+def write_report(results_path, out_dir, *, overwrite=False, log=print):
+    """``rvae report``: PNG figures and ``summary.txt`` in ``out_dir``; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = open_store(results_path, what="results store").load()
+    if not results.attrs.get("complete"):
+        raise ValueError(f"{str(results_path)!r} is unfinished (no complete=true); run rvae encode to the end first")
+    out = Path(out_dir)
+    figures = {name: out / f"{name}.png" for name in ("rotation_map", "latent_maps", "latent_scatter", "manifold")}
+    if not overwrite and any(p.exists() for p in [*figures.values(), out / "summary.txt"]):
+        raise FileExistsError(f"{str(out)!r} already holds a report; choose another directory or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    symmetry = int(results.attrs.get("symmetry", 1))
+    points = "sample" in results.dims
+    background = _background(results) if points else None
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if "angle" in results:
+        _map(ax, results, np.degrees(results["angle"].values), background, cmap="twilight",
+             vmin=-180 / symmetry, vmax=180 / symmetry, label="rotation (deg, counter-clockwise)")
+    ax.set_title(f"rotation map (modulo {360 // symmetry} deg)" if symmetry > 1 else "rotation map")
+    _save(fig, figures["rotation_map"])
+
+    latent = results.sizes["latent"]
+    fig, axes = plt.subplots(1, latent, figsize=(5 * latent, 4), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        _map(ax, results, results["z"].isel(latent=i).values, background, cmap="viridis", label=f"z{i}")
+        ax.set_title(f"latent z{i}")
+    _save(fig, figures["latent_maps"])
+
+    z = results["z"].values.reshape(latent, -1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    colour = np.degrees(results["angle"].values.ravel()) if "angle" in results else None
+    sc = ax.scatter(z[0], z[1] if latent > 1 else np.zeros_like(z[0]), c=colour, s=3, cmap="twilight")
+    if colour is not None:
+        fig.colorbar(sc, ax=ax, label="rotation (deg)")
+    ax.set(xlabel="z0", ylabel="z1", title="latent space")
+    _save(fig, figures["latent_scatter"])
+
+    _manifold(plt, results, z, figures["manifold"])
+    summary = _summary(results, symmetry)
+    (out / "summary.txt").write_text(summary)
+    log(summary.rstrip())
+    return [*figures.values(), out / "summary.txt"]
+
+
+def _background(results):
+    from .stores import open_cube
+
+    try:
+        return open_cube(results.attrs["source"]).load()
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _map(ax, results, values, background, label, **style):
+    if "sample" in results.dims:  # atom columns: dots over the image
+        if background is not None:
+            extent = _extent(background["x"].values, background["y"].values)
+            ax.imshow(background.values, cmap="gray", extent=extent)
+        im = ax.scatter(results["x"].values, results["y"].values, c=values, s=6, **style)
+        ax.set_aspect("equal")
+        if background is None:
+            ax.invert_yaxis()
+    else:
+        im = ax.imshow(values, extent=_extent(results["x"].values, results["y"].values), **style)
+    units = results["x"].attrs.get("units", "")
+    ax.set(xlabel=f"x ({units})", ylabel=f"y ({units})")
+    ax.figure.colorbar(im, ax=ax, label=label)
+
+
+def _extent(x, y):
+    dx = (x[1] - x[0]) if len(x) > 1 else 1.0
+    dy = (y[1] - y[0]) if len(y) > 1 else 1.0
+    return (x[0] - dx / 2, x[-1] + dx / 2, y[-1] + dy / 2, y[0] - dy / 2)
+
+
+def _manifold(plt, results, z, path, n=8):
+    """Decoded images on a grid spanning the encoded latents' 5th-95th percentiles (angle 0)."""
+    from models import load_checkpoint
+
+    try:
+        model, _ = load_checkpoint(results.attrs["checkpoint"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return
+    lo, hi = np.percentile(z[:2], [5, 95], axis=1)
+    grid = [np.linspace(lo[i], hi[i], n) if i < len(lo) else np.zeros(n) for i in range(2)]
+    codes = np.zeros((n * n, model.latent_dim), np.float32)
+    zz0, zz1 = np.meshgrid(grid[0], grid[1][::-1])
+    codes[:, 0] = zz0.ravel()
+    if model.latent_dim > 1:
+        codes[:, 1] = zz1.ravel()
+    images = model.decode(torch.from_numpy(codes)).numpy()[:, 0]
+    h, w = images.shape[1:]
+    mosaic = images.reshape(n, n, h, w).transpose(0, 2, 1, 3).reshape(n * h, n * w)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(mosaic, cmap="gray", extent=(lo[0], hi[0], lo[1] if len(lo) > 1 else 0, hi[1] if len(hi) > 1 else 1),
+              aspect="auto")
+    ax.set(xlabel="z0", ylabel="z1", title="latent manifold (angle 0)")
+    _save(fig, path)
+
+
+def _summary(results, symmetry):
+    lines = [f"results: {results.attrs.get('mode')} mode, {results['recon_error'].size} positions, "
+             f"{results.sizes['latent']} latents"]
+    if "angle" in results:
+        a = np.degrees(results["angle"].values)
+        lines.append(f"rotation: mean {np.nanmean(a):.2f} deg, std {np.nanstd(a):.2f} deg "
+                     f"(modulo {360 / symmetry:g} deg), mean posterior std "
+                     f"{np.degrees(np.nanmean(results['angle_std'].values)):.2f} deg")
+    lines.append(f"reconstruction error (normalised MSE): mean {float(results['recon_error'].mean()):.4g}")
+    lines.append(f"checkpoint: {results.attrs.get('checkpoint')}  git {results.attrs.get('git_commit', '')[:10]}")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
