@@ -1,5 +1,6 @@
 """Checkpoints that rebuild a model from the file alone: its constructor config and weights."""
 import os
+import pickle
 import tempfile
 
 import torch
@@ -32,6 +33,6 @@ def load_checkpoint(path, map_location="cpu"):
         payload = torch.load(path, map_location=map_location, weights_only=False)
         model = RVAE(**payload["config"])
         model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError, EOFError, TypeError) as err:
+    except (RuntimeError, KeyError, EOFError, TypeError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path!r} is not a readable rvae checkpoint: {err}") from err
     return model, payload

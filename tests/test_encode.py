@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.encode import encode
+from pipeline.evaluate import rotation_error
+from pipeline.patches import write_patches
+from pipeline.stores import open_store
+from pipeline.train import train
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_results_follow_the_contract(lattice_cube, trained_lattice, tmp_path):
+    patches, checkpoint = trained_lattice
+    encode(lattice_cube, patches, checkpoint, tmp_path / "r.zarr", symmetry=6, block=300, log=lambda s: None)
+    results = xr.open_zarr(tmp_path / "r.zarr")
+    n = open_store(patches)["position_row"].size
+    assert results.attrs["complete"] is True
+    assert results["angle"].dims == ("sample",) and results.sizes["sample"] == n
+    assert results["z"].dims == ("latent", "sample") and results.sizes["latent"] == 2
+    for name in ("angle", "angle_std", "z", "z_std", "recon_error"):
+        assert results[name].attrs["long_name"] and "units" in results[name].attrs
+        assert np.isfinite(results[name].values).all()
+    assert results["angle"].attrs["units"] == "rad" and results["y"].attrs["units"] == "nm"
+    angle = results["angle"].values
+    assert angle.max() <= np.pi / 6 + 1e-6 and angle.min() > -np.pi / 6 - 1e-6
+    for key in ("source", "source_mtime", "config", "checkpoint", "checkpoint_sha256", "software_version",
+                "git_commit", "created", "symmetry"):
+        assert key in results.attrs
+    assert results.attrs["checkpoint_sha256"] and len(results.attrs["checkpoint_sha256"]) == 64
+    # the science: the four grains' rotations come back (up to one global offset, modulo 60 deg)
+    truth = open_store(lattice_cube)["true_angle"].load()
+    score = rotation_error(results, truth)
+    assert score["mae_deg"] < 4.0, score
+
+
+def test_interrupted_encode_resumes_and_matches_an_uninterrupted_run(lattice_cube, trained_lattice, tmp_path):
+    patches, checkpoint = trained_lattice
+    encode(lattice_cube, patches, checkpoint, tmp_path / "full.zarr", block=100, log=lambda s: None)
+
+    def stop_after_first_block(line):
+        if line.startswith("encoded block 2/"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        encode(lattice_cube, patches, checkpoint, tmp_path / "r.zarr", block=100, log=stop_after_first_block)
+    partial = xr.open_zarr(tmp_path / "r.zarr")
+    assert partial.attrs["complete"] is False and partial["block_done"].values.sum() == 2
+    lines = []
+    encode(lattice_cube, patches, checkpoint, tmp_path / "r.zarr", block=100, log=lines.append)
+    assert lines[0].startswith("resuming: 2 of ")
+    resumed, full = xr.open_zarr(tmp_path / "r.zarr"), xr.open_zarr(tmp_path / "full.zarr")
+    assert resumed.attrs["complete"] is True
+    for name in ("angle", "z", "recon_error"):
+        np.testing.assert_allclose(resumed[name].values, full[name].values, rtol=1e-5, atol=1e-6)
+
+
+def test_complete_results_are_never_overwritten_without_asking(lattice_cube, trained_lattice, tmp_path, snapshot):
+    patches, checkpoint = trained_lattice
+    out = tmp_path / "r.zarr"
+    encode(lattice_cube, patches, checkpoint, out, log=lambda s: None)
+    before = snapshot(out)
+    with pytest.raises(FileExistsError, match="already holds complete results"):
+        encode(lattice_cube, patches, checkpoint, out, log=lambda s: None)
+    assert snapshot(out) == before
+
+
+def test_grid_results_map_back_onto_the_scan_grid(lattice_cube, tmp_path):
+    write_patches(lattice_cube, tmp_path / "p.zarr", mode="grid", window=32, stride=8, transform="logfft",
+                  progress=False)
+    train(tmp_path / "p.zarr", tmp_path / "m.ckpt", epochs=2, log=lambda s: None)
+    encode(lattice_cube, tmp_path / "p.zarr", tmp_path / "m.ckpt", tmp_path / "r.zarr", block=100,
+           log=lambda s: None)
+    results = xr.open_zarr(tmp_path / "r.zarr")
+    assert results["angle"].dims == ("y", "x") and results["angle"].shape == (25, 25)
+    assert results["z"].dims == ("latent", "y", "x")
+    pixel = 0.03
+    np.testing.assert_allclose(results["y"].values[:2], [16 * pixel, 24 * pixel])
+    assert np.isfinite(results["angle"].values).all()
+
+
+def test_checkpoint_for_other_windows_is_refused(lattice_cube, trained_lattice, tmp_path):
+    _, checkpoint = trained_lattice
+    write_patches(lattice_cube, tmp_path / "p.zarr", mode="points", window=16, max_samples=10, progress=False)
+    with pytest.raises(ValueError, match=r"checkpoint expects \(24, 24\) samples"):
+        encode(lattice_cube, tmp_path / "p.zarr", checkpoint, tmp_path / "r.zarr")
+    assert not (tmp_path / "r.zarr").exists()

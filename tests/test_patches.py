@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.patches import write_patches
+from pipeline.stores import open_cube
+from pipeline.synthetic import write_synthetic
+
+
+def test_points_mode_centres_windows_on_atom_columns(lattice_cube, tmp_path):
+    ds = write_patches(lattice_cube, tmp_path / "p.zarr", mode="points", window=24, progress=False)
+    store = xr.open_zarr(tmp_path / "p.zarr")
+    patches = store["patches"]
+    assert patches.dims == ("sample", "channel", "py", "px") and patches.shape[1:] == (1, 24, 24)
+    assert patches.encoding["chunks"][1:] == (1, 24, 24)
+    values = patches.values
+    assert values.min() == pytest.approx(0) and values.max() == pytest.approx(1)
+    # an atom column sits at every window's centre: the centre is brighter than the window's mean
+    centre = values[:, 0, 11:13, 11:13].mean(axis=(1, 2))
+    assert np.mean(centre > values.mean(axis=(1, 2, 3)) + 0.2) > 0.95
+    spacing = 10.0
+    expected = 224**2 * 2 / (np.sqrt(3) * spacing**2)  # hexagonal lattice density x area
+    assert 0.6 * expected < store.sizes["position"] <= 1.05 * expected
+    assert store.attrs["window_spec_mode"] == "points" and store["y"].attrs["units"] == "nm"
+    # the recorded normalisation is reversible: it maps back onto the cube's intensities
+    cube = open_cube(lattice_cube).values
+    row, col = (int(round(v)) for v in (store["row"].values[0], store["col"].values[0]))
+    raw = values[0, 0] * store.attrs["window_spec_scale"] + store.attrs["window_spec_offset"]
+    np.testing.assert_allclose(raw, cube[row - 12:row + 12, col - 12:col + 12], atol=1e-5)
+
+
+def test_grid_mode_with_logfft_and_a_bounded_stack(lattice_cube, tmp_path):
+    ds = write_patches(lattice_cube, tmp_path / "p.zarr", mode="grid", window=32, stride=16,
+                       transform="logfft", max_samples=50, seed=3, progress=False)
+    assert ds.sizes["sample"] == 50 and ds.sizes["position"] == 13 * 13
+    assert ds.attrs["grid_shape"] == [13, 13]
+    again = write_patches(lattice_cube, tmp_path / "q.zarr", mode="grid", window=32, stride=16,
+                          transform="logfft", max_samples=50, seed=3, progress=False)
+    np.testing.assert_array_equal(ds["row"].values, again["row"].values)  # reproducible by seed
+
+
+def test_frames_mode_takes_every_diffraction_pattern(diffraction_cube, tmp_path):
+    ds = write_patches(diffraction_cube, tmp_path / "p.zarr", mode="frames", binning=2, progress=False)
+    assert ds.sizes["sample"] == 16 * 16 and ds["patches"].shape[1:] == (1, 16, 16)
+    cube = open_cube(diffraction_cube).values
+    r, c = int(ds["row"].values[5]), int(ds["col"].values[5])
+    binned = cube[r, c].reshape(16, 2, 16, 2).sum(axis=(1, 3))
+    raw = ds["patches"].values[5, 0] * ds.attrs["window_spec_scale"] + ds.attrs["window_spec_offset"]
+    np.testing.assert_allclose(raw, binned, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_leave_existing_outputs_untouched(lattice_cube, diffraction_cube, tmp_path, snapshot):
+    out = tmp_path / "p.zarr"
+    write_patches(lattice_cube, out, window=16, max_samples=10, progress=False)
+    before = snapshot(out)
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        write_patches(lattice_cube, out, window=16)
+    with pytest.raises(ValueError, match=r"window 400 px is larger than the image \(224 x 224 px\)"):
+        write_patches(lattice_cube, out, window=400, overwrite=True)
+    with pytest.raises(ValueError, match=r"mode 'points' needs a cube with dims \('y', 'x'\).*use --mode frames"):
+        write_patches(diffraction_cube, out, mode="points", overwrite=True)
+    with pytest.raises(FileNotFoundError, match="no cube at"):
+        write_patches(tmp_path / "absent.zarr", out, overwrite=True)
+    with pytest.raises(ValueError, match="no variable 'counts'"):
+        write_patches(lattice_cube, out, variable="counts", overwrite=True)
+    assert snapshot(out) == before
+
+
+def test_nan_in_the_cube_is_refused(tmp_path):
+    ds = write_synthetic(tmp_path / "cube.zarr", size=64)
+    ds["data"][10, 10] = np.nan
+    ds.to_zarr(tmp_path / "nan.zarr", zarr_format=3)
+    with pytest.raises(ValueError, match="contains NaN or Inf"):
+        write_patches(tmp_path / "nan.zarr", tmp_path / "p.zarr", window=16)
+    assert not (tmp_path / "p.zarr").exists()
