@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,7 +8,18 @@ import pytest
 import models  # noqa: F401  (sets Pyro's module-local parameters before any module is built)
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-RVAE_CLI = [sys.executable, "-m", "pipeline.cli"]
+
+
+@pytest.fixture(scope="session")
+def rvae():
+    """``rvae(*args, cwd=None)``: run the installed ``rvae`` console script, capturing its output."""
+    script = Path(sys.executable).with_name("rvae")
+    assert script.exists(), "the rvae console script is missing: pip install -e ."
+
+    def run(*args, cwd=None, timeout=600):
+        return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                              timeout=timeout)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,74 @@
+"""The command line as a user meets it: one-line errors, non-zero exits, outputs left alone."""
+import pytest
+import xarray as xr
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rvae "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_stage_by_stage_cli(tmp_path, rvae):
+    assert rvae("synth", tmp_path / "cube.zarr", "--size", 160, "--seed", 4).returncode == 0
+    made = rvae("patches", tmp_path / "cube.zarr", tmp_path / "p.zarr", "--window", 24, "--max-samples", 200)
+    assert made.returncode == 0 and "200 samples of 24x24" in made.stdout
+    trained = rvae("train", tmp_path / "p.zarr", tmp_path / "m.ckpt", "--epochs", 2, "--hidden", "32,32",
+                   "--decoder", "spatial")
+    assert trained.returncode == 0 and "epoch   2/2" in trained.stdout and "img/s" in trained.stdout
+    assert rvae("encode", tmp_path / "cube.zarr", tmp_path / "p.zarr", tmp_path / "m.ckpt", tmp_path / "r.zarr",
+                "--symmetry", 6).returncode == 0
+    reported = rvae("report", tmp_path / "r.zarr", tmp_path / "report")
+    assert reported.returncode == 0
+    for name in ("rotation_map", "latent_maps", "latent_scatter", "manifold"):
+        assert (tmp_path / "report" / f"{name}.png").stat().st_size > 10_000
+    assert "rotation:" in (tmp_path / "report" / "summary.txt").read_text()
+    assert xr.open_zarr(tmp_path / "r.zarr").attrs["symmetry"] == 6
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, rvae):
+    """A cube, a 4D cube and a patch store, made once for the bad-input tests."""
+    work = tmp_path_factory.mktemp("cli")
+    assert rvae("synth", work / "cube.zarr", "--size", 96).returncode == 0
+    assert rvae("synth", work / "4d.zarr", "--kind", "4dstem", "--size", 16).returncode == 0
+    assert rvae("patches", work / "cube.zarr", work / "p.zarr", "--window", 16).returncode == 0
+    return work
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["patches", "{w}/absent.zarr", "{w}/new.zarr"], ["no cube at", "absent.zarr"]),
+    (["patches", "{w}/4d.zarr", "{w}/new.zarr"], ["mode 'points' needs a cube with dims", "--mode frames"]),
+    (["patches", "{w}/cube.zarr", "{w}/new.zarr", "--window", 500], ["window 500 px is larger than the image"]),
+    (["patches", "{w}/cube.zarr", "{w}/p.zarr"], ["already exists", "--overwrite"]),
+    (["patches", "{w}/cube.zarr", "{w}/new.zarr", "--window", "big"], ["window", "valid integer", "'big'"]),
+    (["train", "{w}/absent.zarr", "{w}/m.ckpt"], ["no patch store at"]),
+    (["encode", "{w}/cube.zarr", "{w}/p.zarr", "{w}/absent.ckpt", "{w}/r.zarr"], ["no checkpoint"]),
+    (["ingest", "{w}/absent.npy", "{w}/new.zarr"], ["no source file"]),
+    (["report", "{w}/absent.zarr", "{w}/rep"], ["no results store at"]),
+])
+def test_bad_input_is_one_line_and_nothing_is_written(stores, snapshot, rvae, args, fragments):
+    before = snapshot(stores)
+    result = rvae(*(a.format(w=stores) if isinstance(a, str) else a for a in args))
+    assert_one_line_error(result, *fragments)
+    assert snapshot(stores) == before
+
+
+def test_nan_cube_is_refused_by_the_cli(tmp_path, stores, rvae):
+    cube = xr.open_zarr(stores / "cube.zarr").load()
+    cube["data"][3, 3] = float("nan")
+    cube.to_zarr(tmp_path / "nan.zarr", zarr_format=3)
+    assert_one_line_error(rvae("patches", tmp_path / "nan.zarr", tmp_path / "p.zarr"), "NaN or Inf")
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_config_with_an_unknown_key_names_it(tmp_path, rvae):
+    (tmp_path / "run.yaml").write_text("workdir: out\npatches:\n  windw: 32\n")
+    result = rvae("run", tmp_path / "run.yaml", cwd=tmp_path)
+    assert_one_line_error(result, "patches.windw: unknown key", "allowed: mode, window")
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: -3\n")
+    assert_one_line_error(rvae("run", tmp_path / "bad.yaml", cwd=tmp_path), "train.epochs", "greater than or equal to 1")
+    assert_one_line_error(rvae("run", tmp_path / "absent.yaml"), "no config file")
+    assert not (tmp_path / "out").exists()
