@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: install demo test clean
+.PHONY: install horovod demo test clean
 
 $(BIN)/rvae: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,19 @@ $(BIN)/rvae: pyproject.toml
 
 install: $(BIN)/rvae
 
+# Horovod 0.28.1 patched for this torch, built once per machine and cached (scripts/build-horovod.sh).
+$(VENV)/.horovod: $(BIN)/rvae scripts/build-horovod.sh
+	scripts/build-horovod.sh $(VENV)
+	touch $@
+
+horovod: $(VENV)/.horovod
+
 # The demo's own work directory is replaced on every run (--overwrite).
 demo: install
 	$(BIN)/rvae demo --workdir rvae-demo --overwrite
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install horovod
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf rvae-demo .pytest_cache

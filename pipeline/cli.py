@@ -5,6 +5,7 @@ flags, their help and their validation are those of the YAML keys. Input errors 
 line and exit with status 1.
 """
 import argparse
+import builtins
 import sys
 import typing
 
@@ -69,8 +70,13 @@ def _section_values(args, section):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .train import PREEMPTED_EXIT, Preempted
+
     try:
         _dispatch(args)
+    except Preempted as err:
+        print(f"rvae {args.command}: preempted: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"rvae {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
@@ -81,7 +87,11 @@ def main(argv=None):
 
 
 def _dispatch(args):
+    from .distributed import ClusterEnvironment
+
     command = args.command
+    # under srun/mpirun/torchrun every rank runs this; only rank 0 talks
+    print = builtins.print if ClusterEnvironment.detect().rank == 0 else (lambda *a, **k: None)
     if command == "synth":
         from .synthetic import write_synthetic
 
@@ -101,7 +111,7 @@ def _dispatch(args):
     elif command == "train":
         from .train import train
 
-        train(args.patches, args.checkpoint, overwrite=args.overwrite,
+        train(args.patches, args.checkpoint, overwrite=args.overwrite, log=print,
               model_options=_section_values(args, cfg.ModelConfig), **_section_values(args, cfg.TrainConfig))
         print(f"wrote {args.checkpoint}")
     elif command == "encode":

@@ -68,7 +68,12 @@ class TrainConfig(Section):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
-    threads: Optional[int] = Field(None, ge=1, description="torch threads (default: torch's choice)")
+    threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
+    backend: Literal["none", "ddp", "horovod"] = Field("none", description="data-parallel backend (launch ranks with srun, mpirun, torchrun or horovodrun)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass (GPU)")
+    compile: bool = Field(False, description="torch.compile the model")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="also checkpoint every N steps (always: each epoch, and on SIGTERM/SIGUSR1)")
+    timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")
 
 
 class EncodeConfig(Section):

@@ -1,45 +1,152 @@
-"""The train stage: fit an rVAE to the patch store with a plain torch optimizer on ``model.loss``."""
+"""The train stage: fit an rVAE to the patch store with a plain torch optimizer on ``model.loss``.
+
+The same loop runs as one process or as N data-parallel ranks (``backend`` ``ddp`` or
+``horovod``; :mod:`pipeline.distributed`). Every rank builds the model from the same seed and
+starts from rank 0's parameters; each reads its own shard of the patch store
+(:class:`~pipeline.dataset.ShardedPatchReader`); gradients are averaged, so N ranks with batch b
+take the steps one rank would take with batch N*b.
+
+Checkpoints hold weights, optimizer, epoch, step within the epoch, every rank's RNG state and
+the run's settings, and are written atomically. SIGTERM or SIGUSR1 (SLURM preemption) saves at
+the next step boundary and exits with :data:`PREEMPTED_EXIT` (75); the same command then resumes.
+"""
+import contextlib
+import signal
 import time
 
 import torch
 
-from models import RVAE, save_checkpoint
+from models import RVAE, load_checkpoint, save_checkpoint
 
-from .dataset import load_training_stack
+from .dataset import ShardedPatchReader
+from .distributed import make_strategy
 from .stores import check_writable
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again" -- resubmit the same command to resume
 
-def train(patches_path, checkpoint_path, *, model_options=None, epochs=30, batch_size=128, lr=1e-3,
-          seed=0, threads=None, overwrite=False, log=print):
-    """``rvae train``: returns the trained model; writes the checkpoint atomically at the end.
 
-    ``model_options`` are :class:`models.RVAE` keyword arguments. One line per epoch reports
-    the mean -ELBO per sample and the throughput.
+class Preempted(Exception):
+    """Training stopped on a signal after saving a resumable checkpoint."""
+
+
+class PreemptionFlag:
+    """Remembers SIGTERM/SIGUSR1 instead of dying, so the loop can stop at a step boundary."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.signals, self.received, self._previous = signals, None, {}
+
+    def __enter__(self):
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(patches_path, checkpoint_path, *, model_options=None, epochs=30, batch_size=128, lr=1e-3, seed=0,
+          threads=None, backend="none", precision="fp32", compile=False, checkpoint_every=None, timeout=300,
+          overwrite=False, log=print):
+    """``rvae train``: returns the trained model (unwrapped); the checkpoint is written atomically.
+
+    ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank.
+    One line per epoch (rank 0) reports the mean -ELBO per sample and the images/s of all ranks.
     """
-    check_writable(checkpoint_path, overwrite)
-    stack, attrs = load_training_stack(patches_path)
+    strategy = make_strategy(backend, timeout=timeout)
+    strategy.setup()
+    try:
+        return _train(strategy, patches_path, checkpoint_path, model_options or {}, epochs, batch_size, lr, seed,
+                      threads, precision, compile, checkpoint_every, overwrite, log)
+    finally:
+        strategy.shutdown()
+
+
+def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch_size, lr, seed, threads,
+           precision, compile_model, checkpoint_every, overwrite, log):
+    log = log if strategy.is_main else (lambda line: None)
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    model = RVAE(tuple(stack.shape[1:]), **(model_options or {}))
+    device = strategy.device
+    reader = ShardedPatchReader(patches_path, batch_size=batch_size, rank=strategy.rank,
+                                world_size=strategy.world_size, seed=seed, pin_memory=device.type == "cuda")
+    settings = {"patches": str(patches_path), "batch_size": batch_size, "lr": lr, "seed": seed,
+                "world_size": strategy.world_size, "model": dict(model_options)}
+    resumed = _resume_state(checkpoint_path, settings, overwrite)
+
+    torch.manual_seed(seed)  # identical initial parameters on every rank
+    model = RVAE(reader.sample_shape, **model_options).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    history = []
-    n = len(stack)
-    for epoch in range(1, epochs + 1):
-        start, total = time.perf_counter(), 0.0
-        order = torch.randperm(n, generator=generator)
-        for i in range(0, n, batch_size):
-            batch = stack[order[i:i + batch_size]]
-            loss = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        seconds = time.perf_counter() - start
-        history.append(total / n)
-        log(f"epoch {epoch:3d}/{epochs}  loss {total / n:10.3f}  {n / seconds:8.0f} img/s")
-    save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(), epoch=epochs,
-                    history=history, patches=str(patches_path), patch_attrs=attrs, lr=lr,
-                    batch_size=batch_size, seed=seed)
+    start_epoch, start_step, history = 1, 0, []
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        start_epoch, start_step, history = resumed["epoch"], resumed["step"], resumed["history"]
+        log(f"resuming from {checkpoint_path}: epoch {start_epoch}, step {start_step}")
+    with torch.no_grad():  # materialise any lazily created (Pyro) parameters before wrapping
+        model.loss(torch.zeros(2, *reader.sample_shape, device=device))
+    wrapped, optimizer = strategy.wrap(model, optimizer)
+    step_fn = torch.compile(wrapped) if compile_model else wrapped
+    # independent ELBO noise per rank, reproducible across restarts
+    if resumed is not None:
+        torch.set_rng_state(resumed["rng"][strategy.rank])
+    else:
+        torch.manual_seed(seed * 1_000_003 + strategy.rank + 1)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+
+    def save(epoch, step, finished=False):
+        rng = strategy.allgather(torch.get_rng_state())
+        if strategy.is_main:
+            save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(), epoch=epoch, step=step,
+                            finished=finished, rng=rng, history=history, settings=settings,
+                            patch_attrs=reader.attrs)
+
+    steps_done = 0
+    with PreemptionFlag() as preemption:
+        for epoch in range(start_epoch, epochs + 1):
+            first = start_step if epoch == start_epoch else 0
+            start, total, seen = time.perf_counter(), 0.0, 0
+            for step, batch in enumerate(reader.batches(epoch, first), start=first):
+                batch = batch.to(device, non_blocking=True)
+                with autocast:
+                    loss = step_fn(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, seen, steps_done = total + loss.item() * len(batch), seen + len(batch), steps_done + 1
+                # every rank must stop at the same step: agree on whether any rank was signalled
+                if strategy.allreduce_mean(preemption.received is not None) > 0:
+                    save(epoch, step + 1)
+                    raise Preempted(f"stopped by {preemption.received or 'a signal on another rank'} at epoch "
+                                    f"{epoch}, step {step + 1}; checkpoint saved to {checkpoint_path}: run the same "
+                                    f"command again to resume")
+                if checkpoint_every and steps_done % checkpoint_every == 0:
+                    save(epoch, step + 1)
+            seconds = time.perf_counter() - start
+            mean_loss = strategy.allreduce_mean(total / max(seen, 1))
+            history.append(mean_loss)
+            log(f"epoch {epoch:3d}/{epochs}  loss {mean_loss:10.3f}  "
+                f"{seen * strategy.world_size / seconds:8.0f} img/s  ({strategy.world_size} rank(s))")
+            save(epoch + 1, 0, finished=epoch == epochs)
+    if start_epoch > epochs:
+        save(epochs + 1, 0, finished=True)
     return model
+
+
+def _resume_state(checkpoint_path, settings, overwrite):
+    """The unfinished checkpoint of this same run to resume from, or None to start afresh."""
+    from pathlib import Path
+
+    if not Path(checkpoint_path).exists() or overwrite:
+        return None
+    _, payload = load_checkpoint(checkpoint_path)
+    if payload.get("finished", True):
+        check_writable(checkpoint_path, overwrite)  # raises: a finished model is never replaced silently
+    if payload.get("settings") != settings:
+        raise FileExistsError(f"{str(checkpoint_path)!r} is an unfinished checkpoint of a different run "
+                              f"(patches, batch size, lr, seed, ranks or model differ); pass --overwrite to start afresh")
+    return payload

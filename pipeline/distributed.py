@@ -1,0 +1,175 @@
+"""Data-parallel training: where ranks come from, and how gradients are synchronised.
+
+Two separate ideas, as in Lightning's fabric:
+
+* :class:`ClusterEnvironment` reads rank, world size and local rank from the launcher's
+  variables (torchrun, horovodrun, Open MPI's mpirun, SLURM's srun).
+* A strategy (``none``, ``ddp``, ``horovod``) synchronises gradients. The training loop calls
+  ``setup``, ``wrap``, ``allreduce_mean``, ``allgather``, ``barrier`` and ``shutdown`` and never
+  branches on the backend.
+"""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+
+# (launcher, rank, world size, local rank) variables, most specific first: a torchrun or an
+# mpirun started inside a SLURM allocation also sees SLURM's variables.
+LAUNCHERS = (
+    ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("horovodrun", "HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK"),
+    ("mpirun", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("srun", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"),  # STEP_: only inside an srun step
+)
+
+
+@dataclass(frozen=True)
+class ClusterEnvironment:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launcher: str = "single process"
+
+    @classmethod
+    def detect(cls, environ=None):
+        environ = os.environ if environ is None else environ
+        for launcher, *keys in LAUNCHERS:
+            if all(k in environ for k in keys):
+                return cls(*(int(environ[k]) for k in keys), launcher)
+        return cls()
+
+
+class NoStrategy:
+    """One process: nothing to synchronise."""
+
+    name = "none"
+
+    def __init__(self, environment=None, *, timeout=300):
+        self.env = environment or ClusterEnvironment.detect()
+        self.timeout = timeout
+
+    rank = property(lambda self: self.env.rank)
+    world_size = property(lambda self: self.env.world_size)
+    local_rank = property(lambda self: self.env.local_rank)
+    is_main = property(lambda self: self.env.rank == 0)
+
+    @property
+    def device(self):
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+    def setup(self):
+        if self.env.world_size > 1:
+            raise ValueError(f"launched as {self.env.world_size} ranks by {self.env.launcher}, but --backend none "
+                             f"trains one process; pass --backend ddp or --backend horovod")
+
+    def wrap(self, model, optimizer):
+        return model, optimizer
+
+    def allreduce_mean(self, value):
+        return float(value)
+
+    def allgather(self, obj):
+        return [obj]
+
+    def barrier(self):
+        pass
+
+    def shutdown(self):
+        pass
+
+
+class DDPStrategy(NoStrategy):
+    """torch.distributed: gloo on CPU, NCCL on GPU; ``DistributedDataParallel`` averages gradients."""
+
+    name = "ddp"
+
+    def setup(self):
+        import torch.distributed as dist
+
+        os.environ.setdefault("MASTER_ADDR", os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"))
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", 9500)) % 20000))
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world_size,
+                                timeout=datetime.timedelta(seconds=self.timeout))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def wrap(self, model, optimizer):
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP broadcasts rank 0's parameters and buffers at construction.
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids), optimizer
+
+    def allreduce_mean(self, value):
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.item() / self.world_size
+
+    def allgather(self, obj):
+        import torch.distributed as dist
+
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def barrier(self):
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def shutdown(self):
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class HorovodStrategy(NoStrategy):
+    """Horovod: ``DistributedOptimizer`` averages gradients (MPI or Gloo underneath)."""
+
+    name = "horovod"
+
+    def setup(self):
+        try:
+            import horovod.torch as hvd
+        except ImportError as err:
+            raise ValueError("--backend horovod needs Horovod built for this torch: run "
+                             "`make horovod` (scripts/build-horovod.sh), or use --backend ddp") from err
+        hvd.init()
+        self.hvd = hvd
+        self.env = ClusterEnvironment(hvd.rank(), hvd.size(), hvd.local_rank(), self.env.launcher)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def wrap(self, model, optimizer):
+        hvd = self.hvd
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        return model, hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+
+    def allreduce_mean(self, value):
+        return self.hvd.allreduce(torch.tensor([float(value)], dtype=torch.float64), op=self.hvd.Average).item()
+
+    def allgather(self, obj):
+        return self.hvd.allgather_object(obj)
+
+    def barrier(self):
+        self.hvd.barrier()
+
+    def shutdown(self):
+        self.hvd.shutdown()
+
+
+STRATEGIES = {"none": NoStrategy, "ddp": DDPStrategy, "horovod": HorovodStrategy}
+
+
+def make_strategy(backend, *, timeout=300):
+    if backend not in STRATEGIES:
+        raise ValueError(f"backend {backend!r} is not one of {sorted(STRATEGIES)}")
+    return STRATEGIES[backend](timeout=timeout)

@@ -1,0 +1,167 @@
+"""Data-parallel training with real ranks: torch DDP (torchrun) and Horovod (horovodrun)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import RVAE, load_checkpoint
+from pipeline.dataset import ShardedPatchReader
+from pipeline.distributed import ClusterEnvironment, NoStrategy
+from pipeline.patches import write_patches
+
+BIN = Path(sys.executable).parent
+RANK_JOB = Path(__file__).with_name("rank_job.py")
+SEED, BATCH, EPOCHS = 3, 16, 2
+
+
+@pytest.fixture(scope="module")
+def small_patches(lattice_cube, tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist") / "patches.zarr"
+    write_patches(lattice_cube, path, mode="points", window=16, max_samples=256, progress=False)
+    return path
+
+
+def launch(backend, patches, out, ranks=2):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}",
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    job = [str(RANK_JOB), str(patches), str(out), backend, str(EPOCHS), str(BATCH)]
+    if backend == "ddp":
+        command = [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "--master-port", "29641", *job]
+    else:
+        command = [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo", sys.executable, *job]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def reference_on_union(patches):
+    """One process, each step on the union of both ranks' batches, each rank's ELBO noise kept apart."""
+    torch.set_num_threads(1)
+    readers = [ShardedPatchReader(patches, batch_size=BATCH, rank=r, world_size=2, seed=SEED) for r in range(2)]
+    torch.manual_seed(SEED)
+    model = RVAE(readers[0].sample_shape, hidden=(64, 64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with torch.no_grad():
+        model.loss(torch.zeros(2, *readers[0].sample_shape))
+    rng = []
+    for r in range(2):
+        torch.manual_seed(SEED * 1_000_003 + r + 1)
+        rng.append(torch.get_rng_state())
+    for epoch in range(1, EPOCHS + 1):
+        for shards in zip(*(reader.batches(epoch) for reader in readers)):
+            losses = []
+            for r, batch in enumerate(shards):
+                torch.set_rng_state(rng[r])
+                losses.append(model.loss(batch))
+                rng[r] = torch.get_rng_state()
+            optimizer.zero_grad()
+            torch.stack(losses).mean().backward()
+            optimizer.step()
+    return model.state_dict()
+
+
+def horovod_available():
+    return subprocess.run([sys.executable, "-c", "import horovod.torch"], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["ddp", "horovod"])
+def test_two_ranks_equal_one_rank_on_the_union_of_their_batches(backend, small_patches, tmp_path):
+    if backend == "horovod":
+        assert horovod_available(), "Horovod is not built: run `make horovod` (CI does)"
+    result = launch(backend, small_patches, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "rank 0 of 2 done" in result.stdout and "rank 1 of 2 done" in result.stdout
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name  # identical on both ranks
+    reference = reference_on_union(small_patches)
+    for name, value in reference.items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    _, payload = load_checkpoint(tmp_path / "model.ckpt")
+    assert payload["finished"] and payload["settings"]["world_size"] == 2
+
+
+def test_sigterm_mid_epoch_then_restart_equals_an_uninterrupted_run(small_patches, tmp_path):
+    args = [str(BIN / "rvae"), "train", str(small_patches)]
+    options = ["--epochs", "4", "--batch-size", "8", "--threads", "1", "--hidden", "64,64"]
+    straight = subprocess.run([*args, str(tmp_path / "straight.ckpt"), *options], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+
+    stopped = tmp_path / "stopped.ckpt"
+    proc = subprocess.Popen([*args, str(stopped), *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # epoch 1 done: we are now inside epoch 2
+    assert first.startswith("epoch   1/4"), first
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert "preempted" in err and "run the same command again to resume" in err
+    _, payload = load_checkpoint(stopped)
+    assert not payload["finished"] and (payload["epoch"], payload["step"]) > (2, 0)
+
+    resumed = subprocess.run([*args, str(stopped), *options], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    a, b = load_checkpoint(tmp_path / "straight.ckpt")[0], load_checkpoint(stopped)[0]
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_a_dead_rank_fails_the_job_quickly(small_patches, tmp_path):
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", "29642", "-m", "pipeline.cli",
+               "train", str(small_patches), str(tmp_path / "m.ckpt"), "--backend", "ddp", "--epochs", "200",
+               "--batch-size", "8", "--threads", "1", "--timeout", "30"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().startswith("epoch   1/200")
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) == 2
+    workers[1].kill()
+    start = time.monotonic()
+    proc.communicate(timeout=90)
+    assert proc.returncode != 0 and time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, ClusterEnvironment(0, 1, 0, "single process")),
+    ({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1"}, ClusterEnvironment(3, 8, 1, "srun")),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"}, ClusterEnvironment(0, 1, 0, "single process")),
+    ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1"},
+     ClusterEnvironment(1, 2, 1, "mpirun")),
+    ({"RANK": "5", "WORLD_SIZE": "6", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1",
+      "SLURM_LOCALID": "0"}, ClusterEnvironment(5, 6, 1, "torchrun")),
+])
+def test_cluster_environment_detection(environ, expected):
+    assert ClusterEnvironment.detect(environ) == expected
+
+
+def test_backend_none_refuses_a_multi_rank_launch():
+    strategy = NoStrategy(ClusterEnvironment(0, 2, 0, "srun"))
+    with pytest.raises(ValueError, match="launched as 2 ranks by srun.*--backend ddp or --backend horovod"):
+        strategy.setup()
+
+
+def test_sharded_reader_gives_ranks_disjoint_samples(small_patches):
+    import numpy as np
+    import zarr
+
+    data = zarr.open_group(str(small_patches))["patches"][:]
+    seen = []
+    for r in range(2):
+        reader = ShardedPatchReader(small_patches, batch_size=BATCH, rank=r, world_size=2, seed=SEED)
+        batches = list(reader.batches(1))
+        assert len(batches) == reader.steps_per_epoch(1) > 0
+        seen.append({data_index(data, row) for batch in batches for row in batch.numpy()})
+    assert not seen[0] & seen[1]
+    assert len(seen[0]) + len(seen[1]) >= 0.8 * len(data)
+
+
+def data_index(data, row):
+    import numpy as np
+
+    return int(np.flatnonzero((data == row).all(axis=(1, 2, 3)))[0])
