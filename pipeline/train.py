@@ -114,7 +114,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
                 batch = batch.to(device, non_blocking=True)
                 with autocast:
                     loss = step_fn(batch)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()  # (Horovod's optimizer takes no set_to_none; None is the default)
                 loss.backward()
                 optimizer.step()
                 total, seen, steps_done = total + loss.item() * len(batch), seen + len(batch), steps_done + 1
