@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: install horovod demo test clean
+.PHONY: install horovod slurm demo test clean
 
 $(BIN)/rvae: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,11 +23,15 @@ $(VENV)/.horovod: $(BIN)/rvae scripts/build-horovod.sh
 
 horovod: $(VENV)/.horovod
 
+# A real single-node SLURM cluster for the tests: Debian packages, installed once (needs root).
+slurm:
+	slurm/local-cluster.sh install
+
 # The demo's own work directory is replaced on every run (--overwrite).
 demo: install
 	$(BIN)/rvae demo --workdir rvae-demo --overwrite
 
-test: install horovod
+test: install horovod slurm
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 clean:

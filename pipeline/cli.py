@@ -70,15 +70,19 @@ def _section_values(args, section):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .distributed import ClusterEnvironment
     from .train import PREEMPTED_EXIT, Preempted
 
+    env = ClusterEnvironment.detect()
+    rank = f"[rank {env.rank}] " if env.world_size > 1 else ""
     try:
         _dispatch(args)
     except Preempted as err:
-        print(f"rvae {args.command}: preempted: {err}", file=sys.stderr)
+        if env.rank == 0:
+            print(f"rvae {args.command}: preempted: {err}", file=sys.stderr)
         return PREEMPTED_EXIT
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"rvae {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"rvae {args.command}: {rank}error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"rvae {args.command}: interrupted; unfinished outputs are not marked complete", file=sys.stderr)

@@ -104,6 +104,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
             save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(), epoch=epoch, step=step,
                             finished=finished, rng=rng, history=history, settings=settings,
                             patch_attrs=reader.attrs)
+        strategy.barrier()  # no rank exits (and gets its peers killed) before the file is written
 
     steps_done = 0
     with PreemptionFlag() as preemption:
