@@ -1,10 +1,11 @@
 """Data-parallel scaling on this machine: 1 rank x 1 thread vs 2 ranks x 1 thread, per backend.
 
-Prints images/s for each (backend, ranks), the 2-rank/1-rank ratio, and the cost of one gradient
-allreduce (the model's parameters, measured in a 2-rank job) next to the compute time of one step.
+Prints images/s for each (per-rank batch, backend, ranks), the 2-rank/1-rank ratio with plain and
+fp16-compressed gradient allreduce, the machine's own limit (two independent processes at once),
+and the cost of one gradient allreduce between 2 ranks.
 
-    python benchmarks/bench_scaling.py                 # ddp and horovod (if built), ~3 minutes
-    python benchmarks/bench_scaling.py --backends ddp --epochs 3
+    python benchmarks/bench_scaling.py                 # ddp and horovod (if built), ~6 minutes
+    python benchmarks/bench_scaling.py --backends ddp --batch-sizes 256
 """
 import argparse
 import os
@@ -28,16 +29,32 @@ def launch(backend, ranks, job, env):
     return [sys.executable, *job]
 
 
-def train_throughput(backend, ranks, patches, args, env):
+def train_command(backend, patches, out, args, batch, compression="none"):
+    return ["-m", "pipeline.cli", "train", str(patches), str(out), "--backend", backend, "--epochs", str(args.epochs),
+            "--batch-size", str(batch), "--threads", "1", "--compression", compression]
+
+
+def images_per_second(stdout):
     """Median images/s over the epochs after the first."""
+    rates = [float(m) for m in re.findall(r"(\d+) img/s", stdout)]
+    return statistics.median(rates[1:] or rates)
+
+
+def train_throughput(backend, ranks, patches, args, env, batch, compression="none"):
     with tempfile.TemporaryDirectory() as tmp:
-        job = ["-m", "pipeline.cli", "train", str(patches), f"{tmp}/m.ckpt", "--backend", backend,
-               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--threads", "1"]
+        job = train_command(backend, patches, f"{tmp}/m.ckpt", args, batch, compression)
         result = subprocess.run(launch(backend, ranks, job, env), capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{backend} x{ranks} failed:\n{result.stderr[-2000:]}")
-    rates = [float(m) for m in re.findall(r"(\d+) img/s", result.stdout)]
-    return statistics.median(rates[1:] or rates)
+    return images_per_second(result.stdout)
+
+
+def independent_throughput(patches, args, env, batch):
+    """Two unsynchronised single-process runs at once: what this machine gives two ranks at best."""
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [subprocess.Popen([sys.executable, *train_command("none", patches, f"{tmp}/{i}.ckpt", args, batch)],
+                                  stdout=subprocess.PIPE, text=True, env=env) for i in range(2)]
+        return sum(images_per_second(p.communicate()[0]) for p in procs)
 
 
 def allreduce_probe(backend, n_params, repeats=50):
@@ -68,9 +85,9 @@ def allreduce_probe(backend, n_params, repeats=50):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=["ddp", "horovod"])
-    parser.add_argument("--samples", type=int, default=4096)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=64, help="per rank")
+    parser.add_argument("--samples", type=int, default=16384)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1024], help="per rank")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,25 +102,35 @@ def main():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     write_synthetic(work / "cube.zarr", size=384)
-    write_patches(work / "cube.zarr", work / "patches.zarr", mode="grid", window=32, stride=4,
+    write_patches(work / "cube.zarr", work / "patches.zarr", mode="grid", window=32, stride=2,
                   max_samples=args.samples, progress=False)
     n_params = sum(p.numel() for p in models.RVAE((1, 32, 32)).parameters())
-    print(f"{args.samples} samples of 32x32, batch {args.batch_size} per rank, default rVAE ({n_params:,} parameters, "
-          f"{n_params * 4 / 2**20:.1f} MiB of gradients), 1 thread per rank, {os.cpu_count()} cores")
-    print(f"{'backend':8} {'1 rank img/s':>13} {'2 ranks img/s':>14} {'ratio':>6} {'allreduce ms':>13} "
-          f"{'step ms (1 rank)':>17} {'allreduce/step':>15}")
-    for backend in args.backends:
-        if backend == "horovod" and subprocess.run([sys.executable, "-c", "import horovod.torch"]).returncode:
-            print("horovod  not built (make horovod): skipped")
-            continue
-        one = train_throughput(backend, 1, work / "patches.zarr", args, env)
-        two = train_throughput(backend, 2, work / "patches.zarr", args, env)
+    print(f"{args.samples} samples of 32x32, default rVAE ({n_params:,} parameters, {n_params * 4 / 2**20:.1f} MiB "
+          f"of gradients), 1 thread per rank, {os.cpu_count()} cores; img/s = median over epochs 2..{args.epochs}")
+    backends = [b for b in args.backends if b != "horovod" or _horovod_built()]
+    for backend in backends:
         probe = [str(Path(__file__).resolve()), "--probe", backend, "--params", str(n_params)]
         out = subprocess.run(launch(backend, 2, probe, env), capture_output=True, text=True, env=env).stdout
-        allreduce = float(re.search(r"ALLREDUCE ([\d.]+)", out).group(1))
-        step = args.batch_size / one
-        print(f"{backend:8} {one:13.0f} {two:14.0f} {two / one:6.2f} {allreduce * 1e3:13.2f} {step * 1e3:17.1f} "
-              f"{allreduce / step:15.1%}")
+        seconds = float(re.search(r"ALLREDUCE ([\d.]+)", out).group(1))
+        print(f"{backend}: one allreduce of the gradients between 2 ranks: {seconds * 1e3:.2f} ms")
+    print(f"\n{'batch/rank':>10} {'backend':8} {'1 rank':>8} {'2 ranks':>8} {'ratio':>6} {'2 ranks fp16':>13} "
+          f"{'ratio':>6} {'machine limit':>14}")
+    for batch in args.batch_sizes:
+        limit = independent_throughput(work / "patches.zarr", args, env, batch)
+        for backend in backends:
+            one = train_throughput(backend, 1, work / "patches.zarr", args, env, batch)
+            two = train_throughput(backend, 2, work / "patches.zarr", args, env, batch)
+            half = train_throughput(backend, 2, work / "patches.zarr", args, env, batch, "fp16")
+            print(f"{batch:10d} {backend:8} {one:8.0f} {two:8.0f} {two / one:6.2f} {half:13.0f} {half / one:6.2f} "
+                  f"{limit / one:13.2f}x", flush=True)
+    print("\nmachine limit: two independent single-process runs at once, relative to one (no communication)")
+
+
+def _horovod_built():
+    built = subprocess.run([sys.executable, "-c", "import horovod.torch"], capture_output=True).returncode == 0
+    if not built:
+        print("horovod: not built (make horovod); skipped")
+    return built
 
 
 if __name__ == "__main__":

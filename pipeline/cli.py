@@ -59,7 +59,7 @@ def _section_values(args, section):
         if name not in args:
             continue
         raw = getattr(args, name)
-        if raw.lower() in ("none", "null"):
+        if raw.lower() in ("none", "null") and type(None) in typing.get_args(field.annotation):
             values[name] = None
         elif typing.get_origin(field.annotation) is tuple:
             values[name] = [v for v in raw.split(",") if v]

@@ -70,6 +70,7 @@ class TrainConfig(Section):
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
     backend: Literal["none", "ddp", "horovod"] = Field("none", description="data-parallel backend (launch ranks with srun, mpirun, torchrun or horovodrun)")
+    compression: Literal["none", "fp16"] = Field("none", description="gradient allreduce in fp16: half the bytes per step")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass (GPU)")
     compile: bool = Field(False, description="torch.compile the model")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="also checkpoint every N steps (always: each epoch, and on SIGTERM/SIGUSR1)")

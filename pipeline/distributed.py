@@ -45,9 +45,11 @@ class NoStrategy:
 
     name = "none"
 
-    def __init__(self, environment=None, *, timeout=300):
+    def __init__(self, environment=None, *, timeout=300, compression="none"):
+        if compression not in ("none", "fp16"):
+            raise ValueError(f"gradient compression {compression!r} is not one of ['fp16', 'none']")
         self.env = environment or ClusterEnvironment.detect()
-        self.timeout = timeout
+        self.timeout, self.compression = timeout, compression
 
     rank = property(lambda self: self.env.rank)
     world_size = property(lambda self: self.env.world_size)
@@ -102,7 +104,13 @@ class DDPStrategy(NoStrategy):
 
         # DDP broadcasts rank 0's parameters and buffers at construction.
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids), optimizer
+        # the model's buffers are constants (priors, grids): no need to re-broadcast them every forward
+        wrapped = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, broadcast_buffers=False)
+        if self.compression == "fp16":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            wrapped.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return wrapped, optimizer
 
     def allreduce_mean(self, value):
         import torch.distributed as dist
@@ -151,7 +159,9 @@ class HorovodStrategy(NoStrategy):
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-        return model, hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+        compression = hvd.Compression.fp16 if self.compression == "fp16" else hvd.Compression.none
+        return model, hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
+                                               compression=compression)
 
     def allreduce_mean(self, value):
         return self.hvd.allreduce(torch.tensor([float(value)], dtype=torch.float64), op=self.hvd.Average).item()
@@ -169,7 +179,8 @@ class HorovodStrategy(NoStrategy):
 STRATEGIES = {"none": NoStrategy, "ddp": DDPStrategy, "horovod": HorovodStrategy}
 
 
-def make_strategy(backend, *, timeout=300):
+def make_strategy(backend, *, timeout=300, compression="none"):
+    """The strategy for ``backend``; ``compression="fp16"`` halves the bytes each gradient allreduce sends."""
     if backend not in STRATEGIES:
         raise ValueError(f"backend {backend!r} is not one of {sorted(STRATEGIES)}")
-    return STRATEGIES[backend](timeout=timeout)
+    return STRATEGIES[backend](timeout=timeout, compression=compression)

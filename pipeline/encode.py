@@ -19,9 +19,9 @@ import zarr
 from models import load_checkpoint
 
 from . import provenance
-from .patches import check_cube
+from .patches import check_cube, cube_region
 from .stores import open_cube, open_store
-from .windows import WindowSpec, window_bounds
+from .windows import WindowSpec
 
 
 def wrap_angle(angle, symmetry=1):
@@ -56,7 +56,7 @@ class EncodePlan:
         return slice(start, stop), region
 
 
-def results_template(plan, cube, spec, model, symmetry, attrs):
+def results_template(plan, cube, model, symmetry, attrs):
     """The results Dataset, lazily zero-filled, with coordinates and units."""
     latent = model.latent_dim
     space = plan.shape
@@ -95,12 +95,8 @@ def results_template(plan, cube, spec, model, symmetry, attrs):
 def encode_block(model, spec, cube, positions, batch_size):
     """Encode one block: ``(mean, std, recon_error)`` as NumPy arrays."""
     centres = positions.round().astype(np.int64)
-    if spec.mode == "frames":
-        region = cube.data.vindex[centres[:, 0], centres[:, 1]].compute()
-        samples = spec.samples(region)
-    else:
-        (r0, r1), (c0, c1) = window_bounds(centres, spec.window)
-        samples = spec.samples(cube.data[r0:r1, c0:c1].compute(), centres - [r0, c0])
+    region, local = cube_region(spec, cube.data, centres)
+    samples = spec.samples(region.compute(), local)
     if not np.isfinite(samples).all():
         raise ValueError(f"non-finite values in the cube near row {int(centres[0, 0])}, col {int(centres[0, 1])}")
     means, stds, errors = [], [], []
@@ -133,7 +129,7 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
         "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "mode": plan.mode,
         "symmetry": symmetry, "config": config_text or "", "software_version": provenance.software_version(),
         "git_commit": provenance.git_commit(), "created": provenance.now()}
-    group = _open_or_create(out_path, plan, cube, spec, model, symmetry, provenance_attrs, overwrite)
+    group = _open_or_create(out_path, plan, cube, model, symmetry, provenance_attrs, overwrite)
 
     done = group["block_done"][:]
     todo = [b for b in range(plan.n_blocks) if not done[b]]
@@ -151,7 +147,7 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
     return xr.open_zarr(out_path)
 
 
-def _open_or_create(out_path, plan, cube, spec, model, symmetry, attrs, overwrite):
+def _open_or_create(out_path, plan, cube, model, symmetry, attrs, overwrite):
     out = Path(out_path)
     if out.exists():
         existing = zarr.open_group(str(out), mode="r")
@@ -165,7 +161,7 @@ def _open_or_create(out_path, plan, cube, spec, model, symmetry, attrs, overwrit
             raise FileExistsError(f"{str(out)!r} holds unfinished results of a different run; pass --overwrite to replace them")
         else:
             return zarr.open_group(str(out), mode="r+")
-    template = results_template(plan, cube, spec, model, symmetry, attrs)
+    template = results_template(plan, cube, model, symmetry, attrs)
     template.to_zarr(out, compute=False, zarr_format=3)
     group = zarr.open_group(str(out), mode="r+")
     for name in template.coords:  # coordinates are in memory: write them now, not with the blocks

@@ -52,17 +52,20 @@ def check_cube(cube, mode):
     return cube.transpose(*expected)
 
 
+def cube_region(spec, data, centres):
+    """The (lazy) part of the cube that the samples at integer ``centres`` need, and the centres within it."""
+    if spec.mode == "frames":
+        return data.vindex[centres[:, 0], centres[:, 1]], None
+    (r0, r1), (c0, c1) = window_bounds(centres, spec.window)
+    return data[r0:r1, c0:c1], centres - [r0, c0]
+
+
 def sample_blocks(spec, cube, positions, chunk=SAMPLE_CHUNK):
     """Lazy raw samples for ``positions``: one Dask task per ``chunk`` samples."""
     blocks = []
     for start in range(0, len(positions), chunk):
         block = positions[start:start + chunk].round().astype(np.int64)
-        if spec.mode == "frames":
-            region = cube.data.vindex[block[:, 0], block[:, 1]]
-            task = dask.delayed(spec.raw)(region)
-        else:
-            (r0, r1), (c0, c1) = window_bounds(block, spec.window)
-            task = dask.delayed(spec.raw)(cube.data[r0:r1, c0:c1], block - [r0, c0])
+        task = dask.delayed(spec.raw)(*cube_region(spec, cube.data, block))
         shape = (len(block), 1, *spec.sample_shape(cube.shape[2:]))
         blocks.append(da.from_delayed(task, shape=shape, dtype=np.float32))
     return da.concatenate(blocks)
@@ -70,7 +73,8 @@ def sample_blocks(spec, cube, positions, chunk=SAMPLE_CHUNK):
 
 def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1,
                     min_distance=3, threshold=0.3, max_samples=20000, seed=0):
-    """Build the patch store's Dataset (lazy); the normalisation is computed here (one pass)."""
+    """Build the patch store's Dataset (lazy). Reads the cube once for its range and finiteness and
+    the chosen windows once for the normalisation; writing the store cuts them again."""
     cube = check_cube(cube, mode)
     lo, hi, finite = dask.compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all())
     if not finite:

@@ -49,14 +49,14 @@ class PreemptionFlag:
 
 
 def train(patches_path, checkpoint_path, *, model_options=None, epochs=30, batch_size=128, lr=1e-3, seed=0,
-          threads=None, backend="none", precision="fp32", compile=False, checkpoint_every=None, timeout=300,
-          overwrite=False, log=print):
+          threads=None, backend="none", compression="none", precision="fp32", compile=False, checkpoint_every=None,
+          timeout=300, overwrite=False, log=print):
     """``rvae train``: returns the trained model (unwrapped); the checkpoint is written atomically.
 
     ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank.
     One line per epoch (rank 0) reports the mean -ELBO per sample and the images/s of all ranks.
     """
-    strategy = make_strategy(backend, timeout=timeout)
+    strategy = make_strategy(backend, timeout=timeout, compression=compression)
     strategy.setup()
     try:
         return _train(strategy, patches_path, checkpoint_path, model_options or {}, epochs, batch_size, lr, seed,

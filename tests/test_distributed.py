@@ -147,7 +147,6 @@ def test_backend_none_refuses_a_multi_rank_launch():
 
 
 def test_sharded_reader_gives_ranks_disjoint_samples(small_patches):
-    import numpy as np
     import zarr
 
     data = zarr.open_group(str(small_patches))["patches"][:]

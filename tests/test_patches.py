@@ -8,7 +8,7 @@ from pipeline.synthetic import write_synthetic
 
 
 def test_points_mode_centres_windows_on_atom_columns(lattice_cube, tmp_path):
-    ds = write_patches(lattice_cube, tmp_path / "p.zarr", mode="points", window=24, progress=False)
+    write_patches(lattice_cube, tmp_path / "p.zarr", mode="points", window=24, progress=False)
     store = xr.open_zarr(tmp_path / "p.zarr")
     patches = store["patches"]
     assert patches.dims == ("sample", "channel", "py", "px") and patches.shape[1:] == (1, 24, 24)
