@@ -16,6 +16,9 @@ from .decoders import DECODERS
 from .encoders import ENCODERS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+# Decoder widths by default: the coordinate MLP runs once per pixel, so it gets the article's
+# (and pyroVED's) 128 units; the warp decoder's MLP runs once per image and can afford 256.
+DEFAULT_HIDDEN = {"warp": (256, 256), "spatial": (128, 128), "broadcast": ()}
 
 
 class RVAE(PyroModule):
@@ -30,11 +33,12 @@ class RVAE(PyroModule):
     decoder : ``"warp"``, ``"spatial"`` or ``"broadcast"``; encoder : ``"mlp"`` or ``"conv"``.
     likelihood : ``"bernoulli"`` (data in [0, 1]) or ``"gaussian"`` (``noise_scale``; None learns it).
     angle_prior, shift_prior : widths of the zero-mean Gaussian priors (radians, half-windows).
+    hidden : decoder MLP widths (warp, spatial); None picks :data:`DEFAULT_HIDDEN` for the decoder.
     """
 
     def __init__(self, image_shape, *, latent_dim=2, rotation=True, translation=False,
                  num_classes=0, decoder="warp", encoder="mlp", likelihood="bernoulli",
-                 noise_scale=0.1, angle_prior=1.0, shift_prior=0.1, hidden=(256, 256)):
+                 noise_scale=0.1, angle_prior=1.0, shift_prior=0.1, hidden=None):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder={decoder!r} is not one of {sorted(DECODERS)}")
@@ -42,6 +46,7 @@ class RVAE(PyroModule):
             raise ValueError(f"encoder={encoder!r} is not one of {sorted(ENCODERS)}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood={likelihood!r} is not one of {list(LIKELIHOODS)}")
+        hidden = DEFAULT_HIDDEN[decoder] if hidden is None else hidden
         self.config = dict(
             image_shape=tuple(int(s) for s in image_shape), latent_dim=latent_dim,
             rotation=rotation, translation=translation, num_classes=num_classes,

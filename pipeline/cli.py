@@ -61,7 +61,7 @@ def _section_values(args, section):
         raw = getattr(args, name)
         if raw.lower() in ("none", "null") and type(None) in typing.get_args(field.annotation):
             values[name] = None
-        elif typing.get_origin(field.annotation) is tuple:
+        elif any(typing.get_origin(t) is tuple for t in (field.annotation, *typing.get_args(field.annotation))):
             values[name] = [v for v in raw.split(",") if v]
         else:
             values[name] = raw
