@@ -12,8 +12,6 @@ def stage_paths(workdir):
 
 def run(config, *, overwrite=False, progress=True, log=print):
     """Run ingest (or synth), patches, train, encode and report in ``config.workdir``; returns the paths."""
-    from models import RVAE  # noqa: F401  (fail early if the models cannot be imported)
-
     from .encode import encode
     from .ingest import ingest
     from .patches import write_patches

@@ -13,6 +13,7 @@ the next step boundary and exits with :data:`PREEMPTED_EXIT` (75); the same comm
 import contextlib
 import signal
 import time
+from pathlib import Path
 
 import torch
 
@@ -140,8 +141,6 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
 
 def _resume_state(checkpoint_path, settings, overwrite):
     """The unfinished checkpoint of this same run to resume from, or None to start afresh."""
-    from pathlib import Path
-
     if not Path(checkpoint_path).exists() or overwrite:
         return None
     _, payload = load_checkpoint(checkpoint_path)
