@@ -1,7 +1,9 @@
-"""Encoders: an image batch ``(B, C, H, W)`` to the ``loc`` and ``scale`` of a diagonal Gaussian."""
+"""Encoders: an image batch ``(B, C, H, W)`` to ``out_dim`` unconstrained features.
+
+The model decides what the features mean (Gaussian locations, raw scales, class logits).
+"""
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class MLPEncoder(nn.Module):
@@ -14,11 +16,10 @@ class MLPEncoder(nn.Module):
             layers += [nn.Linear(width, h), nn.Tanh()]
             width = h
         self.body = nn.Sequential(nn.Flatten(), *layers)
-        self.head = nn.Linear(width, 2 * out_dim)
+        self.head = nn.Linear(width, out_dim)
 
     def forward(self, x):
-        loc, raw_scale = self.head(self.body(x)).chunk(2, dim=-1)
-        return loc, F.softplus(raw_scale) + 1e-4
+        return self.head(self.body(x))
 
 
 class ConvEncoder(nn.Module):
@@ -32,11 +33,10 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c, out_c, 3, stride=2, padding=1), nn.GELU()]
             c, h, w = out_c, (h + 1) // 2, (w + 1) // 2
         self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, hidden), nn.GELU())
-        self.head = nn.Linear(hidden, 2 * out_dim)
+        self.head = nn.Linear(hidden, out_dim)
 
     def forward(self, x):
-        loc, raw_scale = self.head(self.body(x)).chunk(2, dim=-1)
-        return loc, F.softplus(raw_scale) + 1e-4
+        return self.head(self.body(x))
 
 
 ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}

@@ -4,11 +4,17 @@ One latent absorbs the in-plane rotation (``angle``, radians, counter-clockwise 
 and two optional ones a translation (``shift``); the rest (``z``) describe the content.
 ``loss(x)`` is a differentiable -ELBO per sample, so a plain torch optimizer, torch DDP or
 Horovod drive the training without knowing about Pyro.
+
+A discrete class joins the decoder's code when ``num_classes > 0``. With ``classes="given"``
+the labels are always passed (cVAE, crVAE); with ``classes="inferred"`` the class is a latent
+variable with a uniform prior, summed out exactly by Pyro's enumeration (joint rVAE), and
+wherever labels are known (``y >= 0``; ``-1`` marks unknown) they are observed and also train
+the classifier (semi-supervised rVAE, Kingma et al.'s M2 objective).
 """
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.nn import PyroModule
 from torch.nn import functional as F
 
@@ -16,6 +22,7 @@ from .decoders import DECODERS
 from .encoders import ENCODERS
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+CLASS_MODES = ("given", "inferred")
 # Decoder widths by default: the coordinate MLP runs once per pixel, so it gets the article's
 # (and pyroVED's) 128 units; the warp decoder's MLP runs once per image and can afford 256.
 DEFAULT_HIDDEN = {"warp": (256, 256), "spatial": (128, 128), "broadcast": ()}
@@ -30,6 +37,9 @@ class RVAE(PyroModule):
     latent_dim : number of content latents ``z``.
     rotation, translation : whether an angle latent and a ``(dy, dx)`` shift latent are used.
     num_classes : > 0 makes the decoder class-conditional (one-hot label joins the code).
+    classes : ``"given"`` (labels always passed) or ``"inferred"`` (a latent class; labels
+        optional, ``-1`` where unknown). class_weight : weight of the classifier's
+        cross-entropy on labelled samples (semi-supervised training).
     decoder : ``"warp"``, ``"spatial"`` or ``"broadcast"``; encoder : ``"mlp"`` or ``"conv"``.
     likelihood : ``"bernoulli"`` (data in [0, 1]) or ``"gaussian"`` (``noise_scale``; None learns it).
     angle_prior, shift_prior : widths of the zero-mean Gaussian priors (radians, half-windows).
@@ -37,7 +47,7 @@ class RVAE(PyroModule):
     """
 
     def __init__(self, image_shape, *, latent_dim=2, rotation=True, translation=False,
-                 num_classes=0, decoder="warp", encoder="mlp", likelihood="bernoulli",
+                 num_classes=0, classes="given", class_weight=50.0, decoder="warp", encoder="mlp", likelihood="bernoulli",
                  noise_scale=0.1, angle_prior=1.0, shift_prior=0.1, hidden=None):
         super().__init__()
         if decoder not in DECODERS:
@@ -46,16 +56,22 @@ class RVAE(PyroModule):
             raise ValueError(f"encoder={encoder!r} is not one of {sorted(ENCODERS)}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood={likelihood!r} is not one of {list(LIKELIHOODS)}")
+        if classes not in CLASS_MODES:
+            raise ValueError(f"classes={classes!r} is not one of {list(CLASS_MODES)}")
+        if classes == "inferred" and num_classes < 2:
+            raise ValueError("classes='inferred' needs num_classes >= 2")
         hidden = DEFAULT_HIDDEN[decoder] if hidden is None else hidden
         self.config = dict(
             image_shape=tuple(int(s) for s in image_shape), latent_dim=latent_dim,
-            rotation=rotation, translation=translation, num_classes=num_classes,
-            decoder=decoder, encoder=encoder, likelihood=likelihood, noise_scale=noise_scale,
+            rotation=rotation, translation=translation, num_classes=num_classes, classes=classes,
+            class_weight=class_weight, decoder=decoder, encoder=encoder, likelihood=likelihood, noise_scale=noise_scale,
             angle_prior=angle_prior, shift_prior=shift_prior, hidden=tuple(hidden))
         self.image_shape = self.config["image_shape"]
         self.latent_dim, self.rotation, self.translation = latent_dim, rotation, translation
         self.num_classes, self.likelihood = num_classes, likelihood
-        self.encoder = ENCODERS[encoder](self.image_shape, self.encoded_dim)
+        self.infers_class, self.class_weight = classes == "inferred", class_weight
+        logits = num_classes if self.infers_class else 0
+        self.encoder = ENCODERS[encoder](self.image_shape, 2 * self.encoded_dim + logits)
         decoder_kwargs = {"hidden": tuple(hidden)} if decoder != "broadcast" else {}
         self.decoder = DECODERS[decoder](self.image_shape, latent_dim + num_classes, **decoder_kwargs)
         self.register_buffer("angle_prior", torch.tensor(float(angle_prior)))
@@ -65,6 +81,8 @@ class RVAE(PyroModule):
         else:
             self.register_buffer("log_noise_scale", torch.tensor(float(noise_scale or 1.0)).log())
         self._elbo = Trace_ELBO()
+        # Exact sum over an unknown class: the guide's class site is enumerated in parallel.
+        self._enumerated_elbo = TraceEnum_ELBO(max_plate_nesting=1)
 
     @property
     def encoded_dim(self):
@@ -81,22 +99,35 @@ class RVAE(PyroModule):
                 angle = pyro.sample("angle", dist.Normal(x.new_zeros(batch), self.angle_prior))
             if self.translation:
                 shift = pyro.sample("shift", dist.Normal(x.new_zeros(batch, 2), self.shift_prior).to_event(1))
-            out = self.decoder(self._code(z, y), angle, shift)
+            if self.infers_class:
+                y = pyro.sample("y", dist.Categorical(logits=x.new_zeros(batch, self.num_classes)), obs=y)
+            out = self._decoder_output(z, y, angle, shift)
             pyro.sample("x", self._likelihood(out), obs=x)
 
     def guide(self, x, y=None):
-        loc, scale = self.encoder(x)
-        parts = self._split(loc, scale)
+        parts = self._posterior(x)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(*parts["z"]).to_event(1))
             if self.rotation:
                 pyro.sample("angle", dist.Normal(*parts["angle"]))
             if self.translation:
                 pyro.sample("shift", dist.Normal(*parts["shift"]).to_event(1))
+            if self.infers_class and y is None:
+                pyro.sample("y", dist.Categorical(logits=parts["logits"]), infer={"enumerate": "parallel"})
 
     def loss(self, x, y=None):
-        """Differentiable -ELBO, mean per sample."""
-        return self._elbo.differentiable_loss(self.model, self.guide, x, y) / x.shape[0]
+        """Differentiable -ELBO, mean per sample (plus the classifier term on known labels)."""
+        if not self.infers_class:
+            return self._elbo.differentiable_loss(self.model, self.guide, x, y) / x.shape[0]
+        known = y >= 0 if y is not None else torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        total = x.new_zeros(())
+        if not known.all():
+            total = total + self._enumerated_elbo.differentiable_loss(self.model, self.guide, x[~known])
+        if known.any():
+            total = total + self._elbo.differentiable_loss(self.model, self.guide, x[known], y[known])
+            logits = self._posterior(x[known])["logits"]
+            total = total + self.class_weight * F.cross_entropy(logits, y[known].long(), reduction="sum")
+        return total / x.shape[0]
 
     def forward(self, x, y=None):
         return self.loss(x, y)
@@ -105,7 +136,16 @@ class RVAE(PyroModule):
     @torch.no_grad()
     def encode(self, x):
         """Posterior ``(mean, std)`` of the encoded vector ``[angle?, shift_y?, shift_x?, z...]``."""
-        return self.encoder(x)
+        out = self.encoder(x)
+        d = self.encoded_dim
+        return out[:, :d], F.softplus(out[:, d:2 * d]) + 1e-4
+
+    @torch.no_grad()
+    def classify(self, x):
+        """Posterior class probabilities ``(B, num_classes)`` of a model with an inferred class."""
+        if not self.infers_class:
+            raise ValueError("this model has no inferred class (classes='inferred')")
+        return torch.softmax(self._posterior(x)["logits"], dim=-1)
 
     @torch.no_grad()
     def decode(self, z, angle=None, shift=None, y=None):
@@ -118,14 +158,24 @@ class RVAE(PyroModule):
             z = parts["z"][0]
             angle = parts["angle"][0] if angle is None and self.rotation else angle
             shift = parts["shift"][0] if shift is None and self.translation else shift
-        out = self.decoder(self._code(z, y), angle, shift)
+        out = self._decoder_output(z, y, angle, shift)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
     def reconstruct(self, x, y=None):
-        """Decode the posterior mean of ``x`` (rotation and shift included)."""
+        """Decode the posterior mean of ``x`` (rotation and shift included; the likeliest class if inferred)."""
+        if self.infers_class and y is None:
+            y = self.classify(x).argmax(-1)
         return self.decode(self.encode(x)[0], y=y)
 
     # -- internals --------------------------------------------------------------------------
+    def _posterior(self, x):
+        """Guide parameters: ``(loc, scale)`` per latent, and the class logits."""
+        out = self.encoder(x)
+        d = self.encoded_dim
+        parts = self._split(out[:, :d], F.softplus(out[:, d:2 * d]) + 1e-4)
+        parts["logits"] = out[:, 2 * d:]
+        return parts
+
     def _split(self, loc, scale):
         parts, i = {}, 0
         if self.rotation:
@@ -142,7 +192,20 @@ class RVAE(PyroModule):
             return z
         if y is None:
             raise ValueError("this model is class-conditional: pass the labels y")
-        return torch.cat([z, F.one_hot(y.long(), self.num_classes).to(z.dtype)], dim=-1)
+        one_hot = F.one_hot(y.long(), self.num_classes).to(z.dtype)
+        batch_shape = torch.broadcast_shapes(z.shape[:-1], one_hot.shape[:-1])
+        return torch.cat([z.expand(*batch_shape, -1), one_hot.expand(*batch_shape, -1)], dim=-1)
+
+    def _decoder_output(self, z, y, angle, shift):
+        code = self._code(z, y)
+        if code.dim() == 2:
+            return self.decoder(code, angle, shift)
+        # An enumerated class adds a leading dim: decode (K, B) codes as K*B images.
+        k, b = code.shape[:2]
+        angle = None if angle is None else angle.expand(k, b).reshape(-1)
+        shift = None if shift is None else shift.expand(k, b, 2).reshape(-1, 2)
+        out = self.decoder(code.reshape(k * b, -1), angle, shift)
+        return out.view(k, b, *out.shape[1:])
 
     def _likelihood(self, out):
         if self.likelihood == "bernoulli":

@@ -1,10 +1,13 @@
 import math
 
+import pyro
 import pytest
 import torch
+from torch.nn import functional as F
 
 from models import RVAE, VAE, load_checkpoint, save_checkpoint
 from models.decoders import DECODERS, WarpDecoder
+from models.geometry import inverse_transform
 
 DECODER_NAMES = sorted(DECODERS)
 
@@ -13,6 +16,35 @@ def dot_right_of_centre(size=16):
     image = torch.zeros(size, size)
     image[size // 2 - 1:size // 2 + 1, size - 4:size - 2] = 1.0
     return image
+
+
+def turn(images, angles):
+    """Rotate ``images`` counter-clockwise as displayed by ``angles`` (radians)."""
+    grid = F.affine_grid(inverse_transform(angles), images.shape, align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False)
+
+
+def glyphs(n, seed, max_degrees=60.0, size=16):
+    """An 'L' (class 0) or a 'T' (class 1), each turned by a random angle in +-max_degrees."""
+    base = torch.zeros(2, 1, size, size)
+    base[0, 0, 3:13, 5:7] = base[0, 0, 11:13, 5:11] = 1.0
+    base[1, 0, 3:5, 4:12] = base[1, 0, 3:13, 7:9] = 1.0
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    angles = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    return turn(base[labels], angles), labels
+
+
+def fit(model, x, y=None, epochs=10, seed=0):
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x)).split(100):
+            loss = model.loss(x[batch], None if y is None else y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
 
 
 def test_warp_positive_angle_is_counter_clockwise_as_displayed():
@@ -115,3 +147,52 @@ def test_missing_or_corrupt_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable rvae checkpoint"):
         load_checkpoint(bad)
+
+
+def test_trained_encoder_is_equivariant_to_rotation():
+    torch.manual_seed(0)
+    model = fit(RVAE((1, 16, 16), latent_dim=2), glyphs(2000, seed=0)[0])
+    x, _ = glyphs(400, seed=1, max_degrees=40)  # +20 deg keeps them inside the trained range
+    turned = turn(x, torch.full((len(x),), math.radians(20)))
+    difference = model.encode(turned)[0][:, 0] - model.encode(x)[0][:, 0]
+    difference = torch.rad2deg(torch.remainder(difference + math.pi, 2 * math.pi) - math.pi)
+    assert (difference - 20).abs().median() < 4, difference.median()
+
+
+def test_inferred_class_sums_the_labelled_elbos_exactly():
+    # Enumeration is exact: the -ELBO with the class unknown equals the labelled -ELBOs averaged
+    # over q(y|x), plus q's negative entropy, when every call sees the same random draws.
+    torch.manual_seed(0)
+    model = RVAE((1, 12, 12), num_classes=3, classes="inferred", class_weight=0.0, hidden=(16, 16))
+    x = torch.rand(1, 1, 12, 12)
+    pyro.set_rng_seed(1)
+    unknown = model.loss(x)
+    labelled = []
+    for k in range(3):
+        pyro.set_rng_seed(1)
+        labelled.append(model.loss(x, torch.tensor([k])))
+    q = model.classify(x)[0]
+    torch.testing.assert_close(unknown, (q * torch.stack(labelled)).sum() + (q * q.log()).sum())
+
+
+def test_semi_supervised_rvae_classifies_from_a_tenth_of_the_labels():
+    x, labels = glyphs(2000, seed=0)
+    known = labels.clone()
+    known[torch.rand(len(known), generator=torch.Generator().manual_seed(0)) > 0.1] = -1
+    model = fit(RVAE((1, 16, 16), num_classes=2, classes="inferred"), x, known)
+    x_test, labels_test = glyphs(400, seed=1)
+    accuracy = (model.classify(x_test).argmax(-1) == labels_test).float().mean()
+    assert accuracy > 0.95
+    assert model.reconstruct(x_test[:4]).shape == (4, 1, 16, 16)  # decodes the likeliest class
+
+
+def test_joint_rvae_trains_without_labels_and_every_parameter_learns():
+    model = RVAE((1, 12, 12), num_classes=3, classes="inferred", translation=True, hidden=(16, 16))
+    loss = model.loss(torch.rand(6, 1, 12, 12))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert not [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    with pytest.raises(ValueError, match="needs num_classes >= 2"):
+        RVAE((1, 12, 12), classes="inferred")
+    with pytest.raises(ValueError, match="no inferred class"):
+        RVAE((1, 12, 12)).classify(torch.rand(1, 1, 12, 12))
