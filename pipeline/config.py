@@ -31,8 +31,8 @@ class IngestConfig(Section):
     """Source file to Zarr cube (``rvae ingest``)."""
     dims: Optional[str] = Field(None, description="comma-separated dim names, e.g. 'y,x,ky,kx' (default: by ndim)")
     dataset: Optional[str] = Field(None, description="HDF5 dataset path or Zarr array name inside the source")
-    pixel_size: float = Field(1.0, gt=0, description="scan step in physical units")
-    units: str = Field("px", description="units of the scan axes")
+    pixel_size: Optional[float] = Field(None, gt=0, description="scan step in physical units (default: the file's calibration, else 1)")
+    units: Optional[str] = Field(None, description="units of the scan axes (default: the file's, else px)")
 
 
 class PatchesConfig(Section):

@@ -1,9 +1,14 @@
 """The ingest stage: a source file to one labelled Zarr v3 cube, lazily with Dask.
 
-Readers (one per format) return a lazy array and the source's metadata; :func:`ingest` names the
-dims, attaches physical coordinates and writes ``data`` chunked at ~32 MB with signal axes whole.
+Readers (one per format) return a :class:`Source`: a lazy array, the source's metadata and, where
+the file is calibrated, each axis's name, scale, offset and units. npy, tiff, hdf5/NeXus and zarr
+are read here; every other format rosettasciio knows (dm3/dm4, emd, bcf, mib, blo, HyperSpy
+files, ...) through its lazy readers. :func:`ingest` names the dims, attaches physical coordinates
+and writes ``data`` chunked at ~32 MB with signal axes whole.
 """
+import importlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask.array as da
@@ -15,10 +20,21 @@ from .stores import check_writable, staged_output
 CHUNK_BYTES = 32 * 2**20
 DEFAULT_DIMS = {2: ("y", "x"), 4: ("y", "x", "ky", "kx")}
 SIGNAL_DIMS = ("energy", "ky", "kx")
+# Dims of a calibrated file by its (navigation, signal) axis counts.
+DIMS_BY_AXES = {(0, 2): ("y", "x"), (1, 2): ("frame", "y", "x"), (2, 1): ("y", "x", "energy"),
+                (2, 2): ("y", "x", "ky", "kx")}
+
+
+@dataclass
+class Source:
+    """What a reader found: the lazy array, the file's metadata, and per-axis calibration if any."""
+    data: da.Array
+    metadata: dict = field(default_factory=dict)
+    axes: list = field(default_factory=list)  # per array axis: {"dim", "scale", "offset", "units"}
 
 
 def read_npy(path, dataset=None):
-    return da.from_array(np.load(path, mmap_mode="r")), {}
+    return Source(da.from_array(np.load(path, mmap_mode="r")))
 
 
 def read_tiff(path, dataset=None):
@@ -28,19 +44,22 @@ def read_tiff(path, dataset=None):
     store = tifffile.imread(path, aszarr=True)
     with tifffile.TiffFile(path) as tif:
         meta = {tag.name: str(tag.value)[:200] for tag in tif.pages[0].tags.values()}
-    return da.from_zarr(zarr.open(store, mode="r")), meta
+    return Source(da.from_zarr(zarr.open(store, mode="r")), meta)
 
 
 def read_hdf5(path, dataset=None):
     import h5py
 
     f = h5py.File(path, "r")  # stays open while Dask reads it
+    if f.attrs.get("file_format") == "HyperSpy":
+        f.close()
+        return read_rosettasciio(path, dataset, plugin="rsciio.hspy")
     arrays = []
     f.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 else None)
     name = _choose(arrays, dataset, path, "dataset")
     dset = f[name]
     meta = {k: _jsonable(v) for k, v in dset.attrs.items()}
-    return da.from_array(dset, chunks=dset.chunks or "auto"), {"dataset": name, **meta}
+    return Source(da.from_array(dset, chunks=dset.chunks or "auto"), {"dataset": name, **meta})
 
 
 def read_zarr(path, dataset=None):
@@ -48,23 +67,60 @@ def read_zarr(path, dataset=None):
 
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
-        return da.from_zarr(node), dict(node.attrs)
+        return Source(da.from_zarr(node), dict(node.attrs))
     arrays = [name for name, arr in node.arrays() if arr.ndim >= 2]
     name = _choose(arrays, dataset, path, "array")
-    return da.from_zarr(node[name]), {"dataset": name, **dict(node[name].attrs)}
+    return Source(da.from_zarr(node[name]), {"dataset": name, **dict(node[name].attrs)})
+
+
+def read_rosettasciio(path, dataset=None, plugin=None):
+    """Any format rosettasciio reads, lazily; ``dataset`` picks one of several signals (index or title)."""
+    reader = importlib.import_module(plugin or _rosettasciio_plugin(path.suffix)).file_reader
+    signals = [s for s in reader(str(path), lazy=True) if np.ndim(s["data"]) >= 2]
+    names = [str(i) for i in range(len(signals))]
+    titles = [s.get("metadata", {}).get("General", {}).get("title", "") for s in signals]
+    if dataset in titles and dataset not in names:
+        dataset = names[titles.index(dataset)]
+    listing = [f"{n} = {t or 'untitled'} {tuple(np.shape(s['data']))}" for n, t, s in zip(names, titles, signals)]
+    chosen = signals[int(_choose(names, dataset, path, "signal", listing))]
+    axes = sorted(chosen["axes"], key=lambda a: a.get("index_in_array", 0))
+    counts = (sum(bool(a.get("navigate")) for a in axes), sum(not a.get("navigate") for a in axes))
+    dims = DIMS_BY_AXES.get(counts, (None,) * len(axes))
+    calibration = [{"dim": dim, "scale": float(a.get("scale", 1.0)), "offset": float(a.get("offset", 0.0)),
+                    "units": _units(a), "name": a.get("name")} for dim, a in zip(dims, axes)]
+    metadata = {"reader": f"rosettasciio {reader.__module__}", "metadata": chosen.get("metadata", {}),
+                "original_metadata": chosen.get("original_metadata", {})}
+    return Source(da.asarray(chosen["data"]), metadata, calibration)
+
+
+def _rosettasciio_plugin(suffix):
+    import rsciio
+
+    for plugin in rsciio.IO_PLUGINS:
+        if suffix[1:].lower() in (e.lower() for e in plugin["file_extensions"]):
+            return plugin["api"]
+    return None
+
+
+def _units(axis):
+    units = axis.get("units")
+    if units not in (None, "", "<undefined>"):
+        return str(units)
+    return "px" if (axis.get("scale", 1.0), axis.get("offset", 0.0)) == (1.0, 0.0) else "unknown"
 
 
 READERS = {".npy": read_npy, ".tif": read_tiff, ".tiff": read_tiff, ".h5": read_hdf5,
            ".hdf5": read_hdf5, ".nxs": read_hdf5, ".zarr": read_zarr}
 
 
-def _choose(names, wanted, path, kind):
+def _choose(names, wanted, path, kind, listing=None):
+    listing = ", ".join(listing or names) or "none"
     if wanted is not None:
         if wanted not in names:
-            raise ValueError(f"{str(path)!r} has no {kind} {wanted!r} (it has: {', '.join(names) or 'none'})")
+            raise ValueError(f"{str(path)!r} has no {kind} {wanted!r} (it has: {listing})")
         return wanted
     if len(names) != 1:
-        raise ValueError(f"{str(path)!r} holds {len(names)} {kind}s with >= 2 dims ({', '.join(names) or 'none'}); "
+        raise ValueError(f"{str(path)!r} holds {len(names)} {kind}s with >= 2 dims ({listing}); "
                          f"pick one with --dataset")
     return names[0]
 
@@ -85,8 +141,11 @@ def read_source(path, dataset=None):
     if not path.exists():
         raise FileNotFoundError(f"no source file at {str(path)!r}")
     reader = READERS.get(path.suffix.lower())
+    if reader is None and _rosettasciio_plugin(path.suffix):
+        reader = read_rosettasciio
     if reader is None:
-        raise ValueError(f"unknown format {path.suffix!r} of {str(path)!r}; supported: {', '.join(sorted(READERS))}")
+        raise ValueError(f"unknown format {path.suffix!r} of {str(path)!r}; supported: {', '.join(sorted(READERS))} "
+                         f"and rosettasciio's formats (dm3, dm4, emd, bcf, mib, blo, ...)")
     try:
         return reader(path, dataset)
     except (ValueError, FileNotFoundError):
@@ -95,29 +154,43 @@ def read_source(path, dataset=None):
         raise ValueError(f"cannot read {str(path)!r} as {path.suffix[1:]}: {err}") from err
 
 
-def label(array, *, dims=None, pixel_size=1.0, units="px", metadata=None):
-    """Name dims, attach coordinates and chunk: a ``Dataset`` with the cube in ``data``."""
+def label(source, *, dims=None, pixel_size=None, units=None):
+    """Name dims, attach coordinates and chunk: a ``Dataset`` with the cube in ``data``.
+
+    Dims and calibration come from the file where it has them; ``dims``, ``pixel_size`` and
+    ``units`` (scan axes) override it. Uncalibrated axes count pixels (or energy channels).
+    """
+    array = source.data
     if array.dtype.kind not in "iuf":
         raise TypeError(f"data must be real numbers, got dtype {array.dtype}")
+    calibration = source.axes or [{}] * array.ndim
     if dims is None:
-        if array.ndim not in DEFAULT_DIMS:
-            raise ValueError(f"{array.ndim}-D data needs --dims, e.g. 'frame,y,x' (image stack) or 'y,x,energy' "
-                             f"(spectrum image)")
-        dims = DEFAULT_DIMS[array.ndim]
+        dims = tuple(a.get("dim") for a in calibration)
+        if None in dims:
+            if array.ndim not in DEFAULT_DIMS:
+                raise ValueError(f"{array.ndim}-D data needs --dims, e.g. 'frame,y,x' (image stack) or "
+                                 f"'y,x,energy' (spectrum image)")
+            dims = DEFAULT_DIMS[array.ndim]
     dims = tuple(dims)
     if len(dims) != array.ndim:
         raise ValueError(f"--dims names {len(dims)} axes ({','.join(dims)}) but the data has {array.ndim}: {array.shape}")
     if not {"y", "x"} <= set(dims):
         raise ValueError(f"--dims must include the scan axes 'y' and 'x', got {','.join(dims)}")
-    coords = {}
-    for dim, n in zip(dims, array.shape):
-        if dim in ("y", "x"):
-            coords[dim] = (dim, np.arange(n) * pixel_size, {"units": units, "long_name": f"scan position {dim}"})
-        else:
-            coords[dim] = (dim, np.arange(n), {"units": "px" if dim != "energy" else "channel"})
+    coords = {dim: _coordinate(dim, n, axis, pixel_size, units) for dim, n, axis in zip(dims, array.shape, calibration)}
     data = array.rechunk(cube_chunks(dims, array.shape, array.dtype.itemsize))
-    attrs = {"original_metadata": json.dumps(metadata or {}, default=str)}
+    attrs = {"original_metadata": json.dumps(source.metadata, default=str)}
     return xr.Dataset({"data": (dims, data, {"long_name": "signal"})}, coords=coords, attrs=attrs)
+
+
+def _coordinate(dim, n, axis, pixel_size, units):
+    scale, offset, unit = axis.get("scale", 1.0), axis.get("offset", 0.0), axis.get("units", "px")
+    if dim in ("y", "x"):
+        scale, unit = pixel_size or scale, units or unit
+        offset = offset if pixel_size is None else 0.0
+        return (dim, offset + np.arange(n) * scale, {"units": unit, "long_name": f"scan position {dim}"})
+    if dim == "energy" and not axis:
+        unit = "channel"
+    return (dim, offset + np.arange(n) * scale, {"units": unit, "long_name": axis.get("name") or dim})
 
 
 def cube_chunks(dims, shape, itemsize):
@@ -128,12 +201,11 @@ def cube_chunks(dims, shape, itemsize):
     return tuple(n if d in SIGNAL_DIMS else min(n, side) for d, n in zip(dims, shape))
 
 
-def ingest(source, out, *, dims=None, dataset=None, pixel_size=1.0, units="px", overwrite=False, progress=True):
+def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, overwrite=False, progress=True):
     """``rvae ingest``: convert ``source`` to a Zarr v3 cube at ``out``; returns the Dataset."""
     check_writable(out, overwrite)
-    array, metadata = read_source(source, dataset)
     dims = dims.split(",") if isinstance(dims, str) else dims
-    ds = label(array, dims=dims, pixel_size=pixel_size, units=units, metadata=metadata)
+    ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units)
     ds.attrs["source"] = str(Path(source).resolve())
     from .patches import progress_bar
 

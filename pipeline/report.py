@@ -92,25 +92,15 @@ def _extent(x, y):
 
 def _manifold(plt, results, z, path, n=8):
     """Decoded images on a grid spanning the encoded latents' 5th-95th percentiles (angle 0)."""
-    from models import load_checkpoint
+    from models import load_checkpoint, manifold2d
 
     try:
         model, _ = load_checkpoint(results.attrs["checkpoint"])
     except (FileNotFoundError, ValueError, KeyError):
         return
-    lo, hi = np.percentile(z[:2], [5, 95], axis=1)
-    grid = [np.linspace(lo[i], hi[i], n) if i < len(lo) else np.zeros(n) for i in range(2)]
-    codes = np.zeros((n * n, model.latent_dim), np.float32)
-    zz0, zz1 = np.meshgrid(grid[0], grid[1][::-1])
-    codes[:, 0] = zz0.ravel()
-    if model.latent_dim > 1:
-        codes[:, 1] = zz1.ravel()
-    images = model.decode(torch.from_numpy(codes)).numpy()[:, 0]
-    h, w = images.shape[1:]
-    mosaic = images.reshape(n, n, h, w).transpose(0, 2, 1, 3).reshape(n * h, n * w)
+    mosaic, extent = manifold2d(model, z.T, n=n)
     fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(mosaic, cmap="gray", extent=(lo[0], hi[0], lo[1] if len(lo) > 1 else 0, hi[1] if len(hi) > 1 else 1),
-              aspect="auto")
+    ax.imshow(mosaic, cmap="gray", extent=extent, aspect="auto")
     ax.set(xlabel="z0", ylabel="z1", title="latent manifold (angle 0)")
     _save(fig, path)
 
