@@ -1,4 +1,4 @@
-"""Reading the patch store for training: sharded by rank, shuffled by chunk, prefetched.
+"""Reading the patch store for training: sharded by rank, shuffled by chunk, prefetched, normalised.
 
 Random access to single samples in a Zarr store costs a chunk decompression per sample; instead
 each epoch permutes *read units* (a chunk, or an equal part of one when a small store has fewer
@@ -15,6 +15,7 @@ import torch
 import zarr
 
 from .stores import open_store
+from .windows import WindowSpec
 
 UNITS_PER_RANK = 4  # at least this many read units per rank per epoch, for a useful shuffle
 
@@ -33,6 +34,7 @@ class ShardedPatchReader:
             raise ValueError(f"{str(path)!r} is not a patch store (no 'patches' variable); make one with rvae patches")
         self.array = zarr.open_group(str(path), mode="r")["patches"]
         self.attrs = dict(ds.attrs)
+        self.spec = WindowSpec.from_attrs(self.attrs)
         n, chunk = self.array.shape[0], self.array.chunks[0]
         unit = min(chunk, max(1, -(-n // (world_size * UNITS_PER_RANK))))
         self.units = [(start, min(start + unit, n)) for start in range(0, n, unit)]
@@ -65,7 +67,7 @@ class ShardedPatchReader:
             for start, end in units:
                 if stop.is_set():
                     return
-                chunks.put(np.asarray(self.array[start:end], dtype=np.float32))
+                chunks.put(self.spec.normalise(self.array[start:end]))
             chunks.put(None)
 
         reader = threading.Thread(target=read, daemon=True)

@@ -20,7 +20,7 @@ from models import load_checkpoint
 
 from . import provenance
 from .patches import check_cube, cube_region
-from .stores import open_cube, open_store
+from .stores import open_cube, open_store, reading
 from .windows import WindowSpec
 
 
@@ -137,7 +137,8 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
         log(f"resuming: {plan.n_blocks - len(todo)} of {plan.n_blocks} blocks already written")
     for count, b in enumerate(todo, 1):
         flat, region = plan.block(b)
-        mean, std, error = encode_block(model, spec, cube, positions[flat], batch_size)
+        with reading(cube_path):
+            mean, std, error = encode_block(model, spec, cube, positions[flat], batch_size)
         _write_block(group, plan, model, region, mean, std, error, symmetry)
         group["block_done"][b] = 1
         if count == len(todo) or count % max(1, len(todo) // 10) == 0:

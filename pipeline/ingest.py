@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .stores import check_writable, staged_output
+from .stores import check_writable, reading, staged_output
 
 CHUNK_BYTES = 32 * 2**20
 DEFAULT_DIMS = {2: ("y", "x"), 4: ("y", "x", "ky", "kx")}
@@ -209,9 +209,6 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
     ds.attrs["source"] = str(Path(source).resolve())
     from .patches import progress_bar
 
-    with staged_output(out, overwrite) as staging, progress_bar(progress):
-        try:
-            ds.to_zarr(staging, zarr_format=3)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read {str(source)!r} to the end: {err}") from err
+    with staged_output(out, overwrite) as staging, progress_bar(progress), reading(source, "source"):
+        ds.to_zarr(staging, zarr_format=3)
     return ds

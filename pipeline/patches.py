@@ -6,21 +6,30 @@ diffraction pattern). Windows are cut with Dask, a block of samples per task, ea
 only the region of the cube its windows cover. The store also records every position the
 encode stage must visit and the :class:`~pipeline.windows.WindowSpec` that turns a cube region
 into normalised samples.
+
+Grid and frames modes read the cube exactly once: the samples are stored as cut (and
+transformed), while the same Dask graph reduces them to the range and finiteness that the
+normalisation needs; readers apply ``(value - offset) / scale`` from the store's attrs. Positions
+are ordered cube chunk by cube chunk, so a block of samples needs one or two chunks and the
+memory in use stays a few chunks per worker thread, whatever the cube's size.
 """
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 
-from .stores import check_writable, open_cube, staged_output
+from .stores import check_writable, open_cube, reading, staged_output
 from .windows import WindowSpec, grid_centres, inside, window_bounds
 
 SAMPLE_CHUNK = 1024
-TILE = 256  # pixels; positions are ordered tile by tile so a block of samples reads a compact region
 
 
-def plan_positions(cube, *, mode, window, stride, min_distance, threshold, intensity_range):
-    """All sample positions (row, col) the mode defines on this cube, tile-ordered; and the grid shape."""
+def plan_positions(cube, *, mode, window, stride, min_distance, threshold):
+    """All sample positions (row, col) the mode defines on this cube; and the grid shape (or None).
+
+    Positions come in row-major order; :func:`chunk_order` gives the order to read them in.
+    """
     shape = cube.shape[:2]
     if mode == "frames":
         rows, cols = np.indices(shape)
@@ -33,14 +42,22 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, inten
         return centres.astype(float), grid_shape
     from .peaks import find_atom_columns
 
-    found = find_atom_columns(cube.data, min_distance=min_distance, threshold=threshold,
-                              intensity_range=intensity_range)
+    lo, hi, finite = dask.compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all())
+    if not finite:
+        raise ValueError(f"cube {cube.name!r} contains NaN or Inf values; clean or mask them before extracting patches")
+    found = find_atom_columns(cube.data, min_distance=min_distance, threshold=threshold, intensity_range=(lo, hi))
     found = found[inside(found.round().astype(int), shape, window)]
     if len(found) == 0:
         raise ValueError(f"no atom columns found with a whole {window}-px window inside the image "
                          f"(threshold={threshold}, min_distance={min_distance}); lower --threshold or --window")
-    order = np.lexsort((found[:, 1], found[:, 0], found[:, 1] // TILE, found[:, 0] // TILE))
-    return found[order], None
+    return found, None
+
+
+def chunk_order(positions, chunks, window=0):
+    """Indices that sort positions by the cube chunk holding their window's first pixel."""
+    start = positions.round().astype(np.int64) - window // 2
+    tile = [np.searchsorted(np.cumsum(c), start[:, i], side="right") for i, c in enumerate(chunks[:2])]
+    return np.lexsort((positions[:, 1], positions[:, 0], tile[1], tile[0]))
 
 
 def check_cube(cube, mode):
@@ -73,29 +90,24 @@ def sample_blocks(spec, cube, positions, chunk=SAMPLE_CHUNK):
 
 def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1,
                     min_distance=3, threshold=0.3, max_samples=20000, seed=0):
-    """Build the patch store's Dataset (lazy). Reads the cube once for its range and finiteness and
-    the chosen windows once for the normalisation; writing the store cuts them again."""
+    """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
+    normalisation is left for :func:`write_patches`, which measures it while it writes."""
     cube = check_cube(cube, mode)
-    lo, hi, finite = dask.compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all())
-    if not finite:
-        raise ValueError(f"cube {cube.name!r} contains NaN or Inf values; clean or mask them before extracting patches")
     positions, grid_shape = plan_positions(cube, mode=mode, window=window, stride=stride,
-                                           min_distance=min_distance, threshold=threshold,
-                                           intensity_range=(lo, hi))
-    chosen = np.arange(len(positions))
-    if max_samples is not None and len(positions) > max_samples:
-        chosen = np.sort(np.random.default_rng(seed).choice(len(positions), max_samples, replace=False))
+                                           min_distance=min_distance, threshold=threshold)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
                       transform=transform if mode != "frames" else "none", binning=binning)
-    raw = sample_blocks(spec, cube, positions[chosen])
-    smin, smax = dask.compute(raw.min(), raw.max())
-    spec = WindowSpec(**{**spec.__dict__, "offset": float(smin), "scale": float(smax - smin) or 1.0})
-    patches = spec.normalise(raw).rechunk((SAMPLE_CHUNK, -1, -1, -1))
+    chosen = np.arange(len(positions))
+    if max_samples is not None and len(positions) > max_samples:
+        chosen = np.random.default_rng(seed).choice(len(positions), max_samples, replace=False)
+    chosen = chosen[chunk_order(positions[chosen], cube.data.chunks, spec.window)]
+    raw = sample_blocks(spec, cube, positions[chosen]).rechunk((SAMPLE_CHUNK, -1, -1, -1))
 
     yc, xc = (cube[d].values for d in ("y", "x"))
     chosen_pos = positions[chosen]
-    ds = xr.Dataset(
-        {"patches": (("sample", "channel", "py", "px"), patches, {"long_name": "normalised sample"}),
+    return xr.Dataset(
+        {"patches": (("sample", "channel", "py", "px"), raw,
+                     {"long_name": "sample as cut and transformed; normalise with (value - offset) / scale"}),
          "position_row": ("position", positions[:, 0], {"units": "px", "long_name": "row of every position to encode"}),
          "position_col": ("position", positions[:, 1], {"units": "px", "long_name": "column of every position to encode"})},
         coords={"row": ("sample", chosen_pos[:, 0], {"units": "px"}),
@@ -105,17 +117,27 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
         attrs={"mode": mode, "stride": int(stride or window), "grid_shape": list(grid_shape or []),
                "image_shape": list(cube.shape[:2]), "normalisation": "normalised = (value - offset) / scale",
                **spec.to_attrs()})
-    return ds
 
 
 def write_patches(cube_path, out_path, *, variable="data", overwrite=False, progress=True, **options):
-    """``rvae patches``: extract and write the patch store; returns its Dataset (lazy)."""
+    """``rvae patches``: extract and write the patch store in one pass over the cube; returns its Dataset."""
     cube = open_cube(cube_path, variable)
     check_writable(out_path, overwrite)
-    ds = extract_patches(cube, **options)
+    with reading(cube_path):
+        ds = extract_patches(cube, **options)
     ds.attrs.update(source=str(cube_path), variable=variable)
+    raw = ds["patches"].data
     with staged_output(out_path, overwrite) as staging, progress_bar(progress):
-        ds.to_zarr(staging, zarr_format=3)
+        write = ds.to_zarr(staging, zarr_format=3, compute=False)
+        with reading(cube_path):
+            _, lo, hi, finite = dask.compute(write, raw.min(), raw.max(), da.isfinite(raw).all())
+        if not finite:
+            raise ValueError(f"cube {str(cube_path)!r} contains NaN or Inf values where samples are cut; "
+                             f"clean or mask them before extracting patches")
+        spec = WindowSpec.from_attrs(ds.attrs).normalised_by(float(lo), float(hi))
+        zarr.open_group(str(staging), mode="r+").attrs.update(spec.to_attrs())
+        zarr.consolidate_metadata(str(staging))
+        ds.attrs.update(spec.to_attrs())
     return ds
 
 

@@ -33,6 +33,19 @@ def open_cube(path, variable="data"):
     return ds[variable]
 
 
+@contextmanager
+def reading(path, what="cube"):
+    """Report a failure deep inside a Dask read (a corrupt or truncated chunk) as one clear error."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # codecs and stores raise RuntimeError, OSError, KeyError, ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"cannot read {what} {str(path)!r}: {type(err).__name__}: {first_line} "
+                         f"(a chunk is corrupt or truncated?)") from err
+
+
 def check_writable(path, overwrite):
     """Refuse to replace an existing output unless asked to."""
     if Path(path).exists() and not overwrite:

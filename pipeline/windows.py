@@ -79,6 +79,10 @@ class WindowSpec:
             return tuple(int(n) // self.binning for n in signal_shape)
         return (self.window, self.window)
 
+    def normalised_by(self, lo, hi):
+        """This spec with the normalisation that maps ``[lo, hi]`` onto ``[0, 1]``."""
+        return WindowSpec(**{**asdict(self), "offset": lo, "scale": (hi - lo) or 1.0})
+
     def normalise(self, samples):
         return ((samples - self.offset) / self.scale).astype(np.float32)
 

@@ -56,12 +56,29 @@ def test_bad_input_is_one_line_and_nothing_is_written(stores, snapshot, rvae, ar
     assert snapshot(stores) == before
 
 
-def test_nan_cube_is_refused_by_the_cli(tmp_path, stores, rvae):
+@pytest.mark.parametrize("value, mode", [(float("nan"), "points"), (float("inf"), "grid"), (-float("inf"), "points")])
+def test_non_finite_cube_is_refused_by_the_cli(tmp_path, stores, rvae, value, mode):
     cube = xr.open_zarr(stores / "cube.zarr").load()
-    cube["data"][3, 3] = float("nan")
-    cube.to_zarr(tmp_path / "nan.zarr", zarr_format=3)
-    assert_one_line_error(rvae("patches", tmp_path / "nan.zarr", tmp_path / "p.zarr"), "NaN or Inf")
+    cube["data"][3, 3] = value
+    cube.to_zarr(tmp_path / "bad.zarr", zarr_format=3)
+    assert_one_line_error(rvae("patches", tmp_path / "bad.zarr", tmp_path / "p.zarr", "--mode", mode), "NaN or Inf")
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_corrupt_chunk_is_one_line_for_every_stage_that_reads_it(tmp_path, stores, rvae, snapshot):
+    import shutil
+
+    shutil.copytree(stores / "cube.zarr", tmp_path / "cube.zarr")
+    chunk = next(p for p in (tmp_path / "cube.zarr" / "data" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:50] + b"garbage")
+    (tmp_path / "p.zarr").mkdir()
+    before = snapshot(tmp_path / "p.zarr")
+    for args in (["patches", tmp_path / "cube.zarr", tmp_path / "new.zarr", "--mode", "grid"],
+                 ["patches", tmp_path / "cube.zarr", tmp_path / "p.zarr", "--overwrite"],
+                 ["ingest", tmp_path / "cube.zarr", tmp_path / "copy.zarr", "--dataset", "data"]):
+        assert_one_line_error(rvae(*args), "cannot read", "cube.zarr", "corrupt or truncated")
+    assert not (tmp_path / "new.zarr").exists() and not (tmp_path / "copy.zarr").exists()
+    assert snapshot(tmp_path / "p.zarr") == before  # --overwrite kept the old output: the new one failed
 
 
 def test_config_with_an_unknown_key_names_it(tmp_path, rvae):

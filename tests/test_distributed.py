@@ -149,7 +149,10 @@ def test_backend_none_refuses_a_multi_rank_launch():
 def test_sharded_reader_gives_ranks_disjoint_samples(small_patches):
     import zarr
 
-    data = zarr.open_group(str(small_patches))["patches"][:]
+    from pipeline.windows import WindowSpec
+
+    store = zarr.open_group(str(small_patches))
+    data = WindowSpec.from_attrs(dict(store.attrs)).normalise(store["patches"][:])
     seen = []
     for r in range(2):
         reader = ShardedPatchReader(small_patches, batch_size=BATCH, rank=r, world_size=2, seed=SEED)
