@@ -44,7 +44,8 @@ class PatchesConfig(Section):
     binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
     min_distance: int = Field(3, ge=1, description="points mode: minimum distance between atom columns, pixels")
     threshold: float = Field(0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
-    max_samples: Optional[int] = Field(20000, ge=1, description="training stack bound; a random subset above it")
+    max_samples: Optional[int] = Field(20000, ge=1, description="training stack bound; 'none' keeps every position")
+    selection: Literal["random", "strided"] = Field("random", description="which positions a bounded stack keeps: random (by seed) or evenly spaced")
     seed: int = 0
     variable: str = Field("data", description="data variable of the cube")
 

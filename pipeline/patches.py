@@ -22,7 +22,10 @@ import zarr
 from .stores import check_writable, open_cube, reading, staged_output
 from .windows import WindowSpec, grid_centres, inside, window_bounds
 
-SAMPLE_CHUNK = 1024
+CHUNK_BYTES = 16 * 2**20  # patch store chunks (and Dask blocks) of about this size along `sample`
+# Zstandard at level 1: nearly the ratio of the default level at a fraction of the cost to write,
+# and the store is read every epoch (benchmarks/bench_patches.py measures the write).
+PATCH_CODECS = (zarr.codecs.ZstdCodec(level=1),)
 
 
 def plan_positions(cube, *, mode, window, stride, min_distance, threshold):
@@ -54,10 +57,15 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold):
 
 
 def chunk_order(positions, chunks, window=0):
-    """Indices that sort positions by the cube chunk holding their window's first pixel."""
+    """Order positions by the cube chunk that holds their window's first pixel.
+
+    Returns the ordering indices and, in that order, each position's chunk number; a block of
+    samples never mixes chunks, so it reads one chunk (plus a window's margin), not a band of them.
+    """
     start = positions.round().astype(np.int64) - window // 2
     tile = [np.searchsorted(np.cumsum(c), start[:, i], side="right") for i, c in enumerate(chunks[:2])]
-    return np.lexsort((positions[:, 1], positions[:, 0], tile[1], tile[0]))
+    order = np.lexsort((positions[:, 1], positions[:, 0], tile[1], tile[0]))
+    return order, (tile[0] * len(chunks[1]) + tile[1])[order]
 
 
 def check_cube(cube, mode):
@@ -70,26 +78,43 @@ def check_cube(cube, mode):
 
 
 def cube_region(spec, data, centres):
-    """The (lazy) part of the cube that the samples at integer ``centres`` need, and the centres within it."""
-    if spec.mode == "frames":
-        return data.vindex[centres[:, 0], centres[:, 1]], None
-    (r0, r1), (c0, c1) = window_bounds(centres, spec.window)
+    """The (lazy) part of the cube that the samples at integer ``centres`` need, and the centres within it.
+
+    A rectangle of the scan (its frames, in frames mode): plain slices keep Dask's reads whole-chunk.
+    """
+    (r0, r1), (c0, c1) = window_bounds(centres, spec.window or 1)
     return data[r0:r1, c0:c1], centres - [r0, c0]
 
 
-def sample_blocks(spec, cube, positions, chunk=SAMPLE_CHUNK):
-    """Lazy raw samples for ``positions``: one Dask task per ``chunk`` samples."""
+def samples_per_chunk(sample_shape, itemsize):
+    """Samples in a ~16 MiB chunk: few, large writes and reads, yet many chunks to shuffle."""
+    return int(np.clip(CHUNK_BYTES // (int(np.prod(sample_shape)) * itemsize), 64, 16384))
+
+
+def sample_blocks(spec, cube, positions, tiles, chunk):
+    """Lazy samples for ``positions``, one Dask task per ``chunk``: as cut, in the cube's dtype, when
+    :attr:`WindowSpec.keeps_dtype` (a uint16 cube makes a uint16 stack); transformed float32 otherwise.
+
+    Each block is a Dask array op on the cube (not a ``delayed`` call, which would embed a private
+    copy of the cube's read tasks per block), so every cube chunk is read once however many blocks
+    it feeds.
+    """
+    make, dtype = (spec.cut, cube.dtype) if spec.keeps_dtype else (spec.raw, np.dtype(np.float32))
+    tile_starts = np.flatnonzero(np.diff(tiles, prepend=-1))
+    bounds = np.unique(np.concatenate([tile_starts, np.arange(0, len(positions), chunk), [len(positions)]]))
     blocks = []
-    for start in range(0, len(positions), chunk):
-        block = positions[start:start + chunk].round().astype(np.int64)
-        task = dask.delayed(spec.raw)(*cube_region(spec, cube.data, block))
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        block = positions[start:stop].round().astype(np.int64)
+        region, local = cube_region(spec, cube.data, block)
         shape = (len(block), 1, *spec.sample_shape(cube.shape[2:]))
-        blocks.append(da.from_delayed(task, shape=shape, dtype=np.float32))
+        blocks.append(da.map_blocks(make, region.rechunk(region.shape), local, meta=np.empty((0,) * 4, dtype),
+                                    chunks=tuple((n,) for n in shape),
+                                    new_axis=list(range(len(shape) - region.ndim))))
     return da.concatenate(blocks)
 
 
 def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1,
-                    min_distance=3, threshold=0.3, max_samples=20000, seed=0):
+                    min_distance=3, threshold=0.3, max_samples=20000, selection="random", seed=0):
     """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
     normalisation is left for :func:`write_patches`, which measures it while it writes."""
     cube = check_cube(cube, mode)
@@ -99,9 +124,14 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
                       transform=transform if mode != "frames" else "none", binning=binning)
     chosen = np.arange(len(positions))
     if max_samples is not None and len(positions) > max_samples:
-        chosen = np.random.default_rng(seed).choice(len(positions), max_samples, replace=False)
-    chosen = chosen[chunk_order(positions[chosen], cube.data.chunks, spec.window)]
-    raw = sample_blocks(spec, cube, positions[chosen]).rechunk((SAMPLE_CHUNK, -1, -1, -1))
+        if selection == "strided":
+            chosen = np.linspace(0, len(positions) - 1, max_samples).round().astype(np.int64)
+        else:
+            chosen = np.random.default_rng(seed).choice(len(positions), max_samples, replace=False)
+    order, tiles = chunk_order(positions[chosen], cube.data.chunks, spec.window)
+    chosen = chosen[order]
+    chunk = samples_per_chunk(spec.sample_shape(cube.shape[2:]), 4)
+    raw = sample_blocks(spec, cube, positions[chosen], tiles, chunk).rechunk((chunk, -1, -1, -1))
 
     yc, xc = (cube[d].values for d in ("y", "x"))
     chosen_pos = positions[chosen]
@@ -128,9 +158,15 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
     ds.attrs.update(source=str(cube_path), variable=variable)
     raw = ds["patches"].data
     with staged_output(out_path, overwrite) as staging, progress_bar(progress):
-        write = ds.to_zarr(staging, zarr_format=3, compute=False)
+        ds.to_zarr(staging, zarr_format=3, compute=False,  # metadata and small variables; samples below
+                   encoding={"patches": {"compressors": PATCH_CODECS}})
+        # Store the samples with Dask directly and reduce what was stored: one graph, so each block
+        # is cut once. (xarray's deferred write optimises its own copy of the graph, which would
+        # cut every block a second time for the statistics.)
+        stored = da.store(raw, zarr.open_array(str(staging / "patches"), mode="r+"), lock=False,
+                          compute=False, return_stored=True)
         with reading(cube_path):
-            _, lo, hi, finite = dask.compute(write, raw.min(), raw.max(), da.isfinite(raw).all())
+            lo, hi, finite = dask.compute(stored.min(), stored.max(), da.isfinite(stored).all())
         if not finite:
             raise ValueError(f"cube {str(cube_path)!r} contains NaN or Inf values where samples are cut; "
                              f"clean or mask them before extracting patches")

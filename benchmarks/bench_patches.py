@@ -1,0 +1,151 @@
+"""Patch extraction against the disk and the decompressor: throughput and peak memory, one run.
+
+Writes compressed cubes (Zarr v3, the ingest stage's chunking and codec) of each size in
+``--sizes``, for two data kinds: an image ``(y, x)`` cut by ``grid`` mode (stride = window, every
+window kept) and a 4D-STEM cube ``(y, x, ky, kx)`` cut by ``frames`` mode (every pattern kept).
+Then, each in a fresh process:
+
+* raw read: Dask reads, decompresses and reduces (sums) the whole cube — the machine's limit for
+  anything that must look at every value;
+* ``rvae patches`` with a bounded training stack (the default ``max_samples`` 20000, random
+  positions all over the cube, so every chunk is read), as input GiB/s;
+* ``rvae patches`` keeping every position (``max_samples none``): the stack is a full copy of the
+  cube, so this also pays for writing as many bytes as it reads; its reference is
+* copy: Dask reads the cube and writes it to a new store with the patch store's codec — the
+  machine's limit for anything that rewrites every value;
+
+and prints the ratios to the raw read, and each process's peak RSS, so memory growth with cube
+size is visible (bounded memory means flat RSS). The cubes are read right after they are written,
+so every side reads from the page cache as far as it holds them.
+
+    python benchmarks/bench_patches.py                       # 1, 4 and 8 GiB cubes: ~15 min, ~20 GB disk
+    python benchmarks/bench_patches.py --sizes 0.25 1        # a quick look
+"""
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+GIB = 2**30
+TASKS = ("raw", "bounded", "copy", "full")
+DETECTOR = 128  # 4D-STEM pattern side
+
+
+def make_cube(path, kind, gib, seed=0):
+    """A uint16 cube of about ``gib`` GiB with detector-like noise, chunked as ingest chunks it."""
+    import dask.array as da
+    import xarray as xr
+
+    from pipeline.ingest import cube_chunks
+
+    itemsize = 2
+    if kind == "image":
+        side = int(np.sqrt(gib * GIB / itemsize))
+        dims, shape = ("y", "x"), (side, side)
+    else:
+        side = int(np.sqrt(gib * GIB / itemsize / DETECTOR**2))
+        dims, shape = ("y", "x", "ky", "kx"), (side, side, DETECTOR, DETECTOR)
+    chunks = cube_chunks(dims, shape, itemsize)
+    rng = np.random.default_rng(seed)
+    # One block of Poisson counts on a smooth background, rolled per chunk: realistic entropy for the
+    # codec, cheap to make at any size.
+    base = (rng.poisson(200, size=chunks) + 50 * np.sin(np.arange(chunks[-1]) / 3)).astype(np.uint16)
+
+    def block(block_info=None):
+        loc = block_info[None]["chunk-location"]
+        piece = base[tuple(slice(0, n) for n in block_info[None]["chunk-shape"])]
+        return np.roll(piece, sum(loc) * 7, axis=-1)
+
+    data = da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, shape), dtype=np.uint16)
+    coords = {d: np.arange(n, dtype=float) for d, n in zip(dims, shape)}
+    xr.Dataset({"data": (dims, data)}, coords=coords).to_zarr(path, zarr_format=3, mode="w")
+    return shape
+
+
+def worker(task, cube, out):
+    """Run one measurement in this (fresh) process and print seconds, GiB and peak RSS as JSON."""
+    import dask.array as da
+    import zarr
+
+    from pipeline.patches import write_patches
+
+    array = zarr.open_array(f"{cube}/data", mode="r")
+    gib = array.nbytes / GIB
+    start = time.perf_counter()
+    if task == "raw":
+        da.from_zarr(array).sum(dtype=np.float64).compute()
+    elif task == "copy":
+        from pipeline.patches import PATCH_CODECS
+
+        source = da.from_zarr(array)
+        target = zarr.create_array(out, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
+                                   compressors=PATCH_CODECS, overwrite=True)
+        da.store(source, target, lock=False)
+    else:
+        mode = "grid" if array.ndim == 2 else "frames"
+        max_samples = None if task == "full" else 20000
+        write_patches(cube, out, mode=mode, window=32, stride=32, max_samples=max_samples, overwrite=True,
+                      progress=False)
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
+    print("RESULT " + json.dumps({"seconds": seconds, "gib": gib, "rss_gib": rss}), flush=True)
+
+
+def measure(task, cube, out):
+    result = subprocess.run([sys.executable, __file__, "--worker", task, str(cube), str(out)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{task} on {cube} failed:\n{result.stderr[-3000:]}")
+    return next(json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT "))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1, 4, 8], help="cube sizes in GiB (uncompressed)")
+    parser.add_argument("--kinds", nargs="+", default=["image", "4dstem"], choices=["image", "4dstem"])
+    parser.add_argument("--workdir", type=Path, default=Path("bench-patches"))
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(*args.worker)
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind in args.kinds:
+        for gib in args.sizes:
+            cube, out = args.workdir / f"{kind}-{gib:g}.zarr", args.workdir / f"{kind}-{gib:g}-patches.zarr"
+            start = time.perf_counter()
+            shape = make_cube(cube, kind, gib)
+            on_disk = sum(p.stat().st_size for p in cube.rglob("*") if p.is_file()) / GIB
+            print(f"{kind} cube {shape} uint16: {gib:g} GiB, {on_disk:.2f} GiB on disk "
+                  f"(written in {time.perf_counter() - start:.0f} s)", flush=True)
+            runs = {task: measure(task, cube, out) for task in TASKS}
+            rows.append((kind, gib, runs))
+            print("  " + ", ".join(f"{task} {r['gib'] / r['seconds']:.2f} GiB/s (peak RSS {r['rss_gib']:.2f} GiB)"
+                                   for task, r in runs.items()), flush=True)
+            shutil.rmtree(cube)
+            shutil.rmtree(out, ignore_errors=True)
+
+    print(f"\n{'cube':8} {'GiB':>5} {'raw GiB/s':>10} {'bounded':>8} {'/raw':>5} {'copy':>6} {'full':>6} "
+          f"{'/copy':>6} {'peak RSS GiB raw/bounded/copy/full':>35}")
+    for kind, gib, runs in rows:
+        raw, bounded, copy, full = (runs[t]["gib"] / runs[t]["seconds"] for t in TASKS)
+        rss = "/".join(f"{runs[t]['rss_gib']:.2f}" for t in TASKS)
+        print(f"{kind:8} {gib:5g} {raw:10.2f} {bounded:8.2f} {bounded / raw:5.2f} {copy:6.2f} {full:6.2f} "
+              f"{full / copy:6.2f} {rss:>35}")
+    print("(GiB/s of input; bounded = max_samples 20000, full = every position)")
+    for kind in args.kinds:
+        sizes = [runs for k, _, runs in rows if k == kind]
+        if len(sizes) > 1:
+            growth = ", ".join(f"{t} {sizes[-1][t]['rss_gib'] / sizes[0][t]['rss_gib'] - 1:+.0%}" for t in TASKS)
+            print(f"{kind}: peak RSS from {args.sizes[0]:g} to {args.sizes[-1]:g} GiB: {growth}")
+
+
+if __name__ == "__main__":
+    main()
