@@ -10,6 +10,9 @@ import sys
 import typing
 
 from . import config as cfg
+from .scheduler import SCHEDULERS
+
+DASK_STAGES = ("ingest", "patches", "encode")
 
 STAGES = {
     "synth": ("write the embedded synthetic dataset (with ground truth) as a Zarr cube",
@@ -33,6 +36,9 @@ def build_parser():
         for section in sections:
             _add_section(p, section)
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        if name in DASK_STAGES:
+            p.add_argument("--dask", choices=SCHEDULERS, default="local",
+                           help="where Dask runs: threads, a LocalCluster, or the ranks of an MPI job (default: local)")
     p = sub.add_parser("run", help="run every stage from a YAML config")
     p.add_argument("config")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the workdir")
@@ -91,11 +97,20 @@ def main(argv=None):
 
 
 def _dispatch(args):
+    from .scheduler import dask_scheduler
+
+    with dask_scheduler(getattr(args, "dask", "threads")):
+        _run_command(args)
+
+
+def _run_command(args):
     from .distributed import ClusterEnvironment
 
     command = args.command
-    # under srun/mpirun/torchrun every rank runs this; only rank 0 talks
-    print = builtins.print if ClusterEnvironment.detect().rank == 0 else (lambda *a, **k: None)
+    # Under srun/mpirun/torchrun every rank runs this and only rank 0 talks; under --dask mpi only
+    # the client rank gets here.
+    talks = ClusterEnvironment.detect().rank == 0 or getattr(args, "dask", None) == "mpi"
+    print = builtins.print if talks else (lambda *a, **k: None)
     if command == "synth":
         from .synthetic import write_synthetic
 

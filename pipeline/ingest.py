@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .scheduler import compute
 from .stores import check_writable, reading, staged_output
 
 CHUNK_BYTES = 32 * 2**20
@@ -207,8 +208,6 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
     dims = dims.split(",") if isinstance(dims, str) else dims
     ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units)
     ds.attrs["source"] = str(Path(source).resolve())
-    from .patches import progress_bar
-
-    with staged_output(out, overwrite) as staging, progress_bar(progress), reading(source, "source"):
-        ds.to_zarr(staging, zarr_format=3)
+    with staged_output(out, overwrite) as staging, reading(source, "source"):
+        compute(ds.to_zarr(staging, zarr_format=3, compute=False), progress=progress)
     return ds

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from .scheduler import compute
 from .stores import check_writable, open_cube, reading, staged_output
 from .windows import WindowSpec, grid_centres, inside, window_bounds
 
@@ -45,7 +46,7 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold):
         return centres.astype(float), grid_shape
     from .peaks import find_atom_columns
 
-    lo, hi, finite = dask.compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all())
+    lo, hi, finite = compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all(), progress=False)
     if not finite:
         raise ValueError(f"cube {cube.name!r} contains NaN or Inf values; clean or mask them before extracting patches")
     found = find_atom_columns(cube.data, min_distance=min_distance, threshold=threshold, intensity_range=(lo, hi))
@@ -157,7 +158,7 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
         ds = extract_patches(cube, **options)
     ds.attrs.update(source=str(cube_path), variable=variable)
     raw = ds["patches"].data
-    with staged_output(out_path, overwrite) as staging, progress_bar(progress):
+    with staged_output(out_path, overwrite) as staging:
         ds.to_zarr(staging, zarr_format=3, compute=False,  # metadata and small variables; samples below
                    encoding={"patches": {"compressors": PATCH_CODECS}})
         # Store the samples with Dask directly and reduce what was stored: one graph, so each block
@@ -166,7 +167,7 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
         stored = da.store(raw, zarr.open_array(str(staging / "patches"), mode="r+"), lock=False,
                           compute=False, return_stored=True)
         with reading(cube_path):
-            lo, hi, finite = dask.compute(stored.min(), stored.max(), da.isfinite(stored).all())
+            lo, hi, finite = compute(stored.min(), stored.max(), da.isfinite(stored).all(), progress=progress)
         if not finite:
             raise ValueError(f"cube {str(cube_path)!r} contains NaN or Inf values where samples are cut; "
                              f"clean or mask them before extracting patches")
@@ -175,12 +176,3 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
         zarr.consolidate_metadata(str(staging))
         ds.attrs.update(spec.to_attrs())
     return ds
-
-
-def progress_bar(enabled):
-    """Dask's progress bar for computations longer than two seconds."""
-    from contextlib import nullcontext
-
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(minimum=2) if enabled else nullcontext()

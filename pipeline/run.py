@@ -12,6 +12,13 @@ def stage_paths(workdir):
 
 def run(config, *, overwrite=False, progress=True, log=print):
     """Run ingest (or synth), patches, train, encode and report in ``config.workdir``; returns the paths."""
+    from .scheduler import dask_scheduler
+
+    with dask_scheduler(config.dask):
+        return _run_stages(config, overwrite, progress, log)
+
+
+def _run_stages(config, overwrite, progress, log):
     from .encode import encode
     from .ingest import ingest
     from .patches import write_patches

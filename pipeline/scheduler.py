@@ -1,0 +1,71 @@
+"""Where the Dask stages run: this process's threads, a ``LocalCluster``, or an MPI job (dask-mpi).
+
+``threads`` is Dask's threaded scheduler (no scheduler process, no serialisation).
+``local`` (the default) starts a ``distributed.LocalCluster`` of threads in this process: the
+same engine as a multi-node run, with its memory management, on one node.
+``mpi`` turns the ranks of an ``srun``/``mpirun`` job into a Dask cluster with dask-mpi: rank 0
+runs the scheduler, rank 1 runs the stage (the client), the other ranks are workers; every rank
+but the client exits when the stage ends. Start at least 3 ranks.
+"""
+import os
+from contextlib import contextmanager, nullcontext
+
+SCHEDULERS = ("threads", "local", "mpi")
+
+
+@contextmanager
+def dask_scheduler(kind="local"):
+    """Run the enclosed Dask work on ``kind``; yields the ``distributed.Client`` (None for threads)."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"--dask {kind!r} is not one of {', '.join(SCHEDULERS)}")
+    if kind == "threads":
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if kind == "local":
+        with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    import logging
+
+    import dask_mpi
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_size() < 3:
+        raise ValueError("--dask mpi needs at least 3 ranks (scheduler, client, workers); "
+                         "launch with srun -n 3 or mpirun -n 3 or more")
+    # Scheduler and workers log their shutdown at length; task errors still reach the client.
+    logging.getLogger("distributed").setLevel(logging.ERROR if MPI.COMM_WORLD.Get_rank() == 1 else logging.CRITICAL)
+    dask_mpi.initialize(nthreads=int(os.environ.get("SLURM_CPUS_PER_TASK", 1)), dashboard=False)
+    with Client() as client:  # only the client rank gets here; dask-mpi set its scheduler address
+        yield client
+
+
+def compute(*collections, progress=True):
+    """``dask.compute`` on the active scheduler, with a progress bar for work longer than 2 s."""
+    import dask
+
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is None:
+        with progress_bar(progress):
+            return dask.compute(*collections)
+    from distributed import progress as distributed_progress
+
+    futures = client.compute(list(collections))
+    if progress:
+        distributed_progress(futures, minimum=2)
+    return tuple(client.gather(futures))
+
+
+def progress_bar(enabled):
+    """Dask's progress bar (local schedulers) for computations longer than two seconds."""
+    from dask.diagnostics import ProgressBar
+
+    return ProgressBar(minimum=2) if enabled else nullcontext()

@@ -1,0 +1,53 @@
+"""The Dask stages give the same stores on every scheduler: threads, a LocalCluster, an MPI job."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+BIN = Path(sys.executable).parent
+MPI_ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
+PATCHES = ["--mode", "grid", "--window", "32", "--stride", "16", "--max-samples", "100"]
+
+
+def assert_same_store(a, b):
+    a, b = xr.open_zarr(a), xr.open_zarr(b)
+    np.testing.assert_array_equal(a["patches"].values, b["patches"].values)
+    np.testing.assert_array_equal(a["row"].values, b["row"].values)
+    assert a.attrs["window_spec_scale"] == b.attrs["window_spec_scale"]
+
+
+@pytest.fixture(scope="module")
+def threaded(lattice_cube, tmp_path_factory, rvae):
+    out = tmp_path_factory.mktemp("threads") / "p.zarr"
+    assert rvae("patches", lattice_cube, out, "--dask", "threads", *PATCHES).returncode == 0
+    return out
+
+
+def test_local_cluster_gives_the_threaded_result(lattice_cube, threaded, tmp_path, rvae):
+    result = rvae("patches", lattice_cube, tmp_path / "p.zarr", "--dask", "local", *PATCHES)
+    assert result.returncode == 0, result.stderr
+    assert_same_store(threaded, tmp_path / "p.zarr")
+
+
+def test_dask_mpi_job_gives_the_threaded_result(lattice_cube, threaded, tmp_path):
+    # 3 real MPI ranks: scheduler, client (the stage), one worker.
+    command = [str(BIN / "mpirun"), "-n", "3", "--oversubscribe", str(BIN / "rvae"), "patches", str(lattice_cube),
+               str(tmp_path / "p.zarr"), "--dask", "mpi", *PATCHES]
+    result = subprocess.run(command, capture_output=True, text=True, env=MPI_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wrote" in result.stdout and result.stdout.count("wrote") == 1  # only the client rank talks
+    assert_same_store(threaded, tmp_path / "p.zarr")
+
+
+def test_dask_mpi_with_too_few_ranks_is_one_line(lattice_cube, tmp_path):
+    command = [str(BIN / "mpirun"), "-n", "2", "--oversubscribe", str(BIN / "rvae"), "patches", str(lattice_cube),
+               str(tmp_path / "p.zarr"), "--dask", "mpi"]
+    result = subprocess.run(command, capture_output=True, text=True, env=MPI_ENV, timeout=120)
+    assert result.returncode != 0
+    assert "needs at least 3 ranks" in result.stderr
+    assert not (tmp_path / "p.zarr").exists()
