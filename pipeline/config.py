@@ -44,6 +44,7 @@ class PatchesConfig(Section):
     binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
     min_distance: int = Field(3, ge=1, description="points mode: minimum distance between atom columns, pixels")
     threshold: float = Field(0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
+    points: Optional[Path] = Field(None, description="points mode: CSV (or Zarr) of given positions, columns row,col (px) or y,x (physical); default: find atom columns")
     max_samples: Optional[int] = Field(20000, ge=1, description="training stack bound; 'none' keeps every position")
     selection: Literal["random", "strided"] = Field("random", description="which positions a bounded stack keeps: random (by seed) or evenly spaced")
     seed: int = 0

@@ -29,7 +29,7 @@ CHUNK_BYTES = 16 * 2**20  # patch store chunks (and Dask blocks) of about this s
 PATCH_CODECS = (zarr.codecs.ZstdCodec(level=1),)
 
 
-def plan_positions(cube, *, mode, window, stride, min_distance, threshold):
+def plan_positions(cube, *, mode, window, stride, min_distance, threshold, points=None):
     """All sample positions (row, col) the mode defines on this cube; and the grid shape (or None).
 
     Positions come in row-major order; :func:`chunk_order` gives the order to read them in.
@@ -44,6 +44,14 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold):
     if mode == "grid":
         centres, grid_shape = grid_centres(shape, window, stride or window)
         return centres.astype(float), grid_shape
+    if points is not None:
+        from .points import read_points
+
+        given = read_points(points, cube)
+        given = given[inside(given.round().astype(int), shape, window)]
+        if len(given) == 0:
+            raise ValueError(f"none of the points in {str(points)!r} has a whole {window}-px window inside the image")
+        return given, None
     from .peaks import find_atom_columns
 
     lo, hi, finite = compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all(), progress=False)
@@ -115,12 +123,12 @@ def sample_blocks(spec, cube, positions, tiles, chunk):
 
 
 def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1,
-                    min_distance=3, threshold=0.3, max_samples=20000, selection="random", seed=0):
+                    min_distance=3, threshold=0.3, points=None, max_samples=20000, selection="random", seed=0):
     """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
     normalisation is left for :func:`write_patches`, which measures it while it writes."""
     cube = check_cube(cube, mode)
     positions, grid_shape = plan_positions(cube, mode=mode, window=window, stride=stride,
-                                           min_distance=min_distance, threshold=threshold)
+                                           min_distance=min_distance, threshold=threshold, points=points)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
                       transform=transform if mode != "frames" else "none", binning=binning)
     chosen = np.arange(len(positions))

@@ -72,3 +72,22 @@ def test_nan_in_the_cube_is_refused(tmp_path):
     with pytest.raises(ValueError, match="contains NaN or Inf"):
         write_patches(tmp_path / "nan.zarr", tmp_path / "p.zarr", window=16)
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_points_mode_from_a_csv_of_physical_coordinates(lattice_cube, tmp_path, rvae):
+    found = write_patches(lattice_cube, tmp_path / "found.zarr", mode="points", window=16, max_samples=None,
+                          progress=False)
+    picked = found.isel(sample=slice(0, 40))
+    lines = ["y,x"] + [f"{y:.17g},{x:.17g}" for y, x in zip(picked["y"].values, picked["x"].values)]
+    (tmp_path / "points.csv").write_text("\n".join(lines) + "\n")
+    given = write_patches(lattice_cube, tmp_path / "given.zarr", mode="points", window=16,
+                          points=tmp_path / "points.csv", progress=False)
+    assert given.sizes["sample"] == given.sizes["position"] == 40
+    order = np.lexsort((picked["col"].values, picked["row"].values))
+    again = np.lexsort((given["col"].values, given["row"].values))
+    np.testing.assert_allclose(given["row"].values[again], picked["row"].values[order], atol=1e-6)
+    np.testing.assert_array_equal(given["patches"].values[again], picked["patches"].values[order])
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    result = rvae("patches", lattice_cube, tmp_path / "p.zarr", "--points", tmp_path / "bad.csv")
+    assert result.returncode == 1 and "needs columns 'row,col' (pixels) or 'y,x'" in result.stderr
+    assert not (tmp_path / "p.zarr").exists()
