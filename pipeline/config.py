@@ -42,6 +42,7 @@ class PatchesConfig(Section):
     stride: Optional[int] = Field(None, ge=1, description="grid step in pixels (default: the window)")
     transform: Literal["none", "logfft"] = Field("none", description="per-window transform: logfft = log |FFT| of the Hann-windowed window")
     binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
+    channels: str = Field("", description="spectrum images: energy bands summed into channels, e.g. '1.2:1.6,6.2:6.6'")
     min_distance: int = Field(3, ge=1, description="points mode: minimum distance between atom columns, pixels")
     threshold: float = Field(0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
     points: Optional[Path] = Field(None, description="points mode: CSV (or Zarr) of given positions, columns row,col (px) or y,x (physical); default: find atom columns")

@@ -117,7 +117,7 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
     patch_store = open_store(patches_path, what="patch store")
     attrs = dict(patch_store.attrs)
     spec = WindowSpec.from_attrs(attrs)
-    cube = check_cube(open_cube(cube_path, variable or attrs.get("variable", "data")), attrs["mode"])
+    cube = check_cube(open_cube(cube_path, variable or attrs.get("variable", "data")), attrs["mode"], spec.channels)
     if tuple(model.image_shape[1:]) != spec.sample_shape(cube.shape[2:]):
         raise ValueError(f"checkpoint expects {model.image_shape[1:]} samples, the patch store makes "
                          f"{spec.sample_shape(cube.shape[2:])}: train on this patch store first")

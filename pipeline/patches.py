@@ -57,7 +57,10 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, point
     lo, hi, finite = compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all(), progress=False)
     if not finite:
         raise ValueError(f"cube {cube.name!r} contains NaN or Inf values; clean or mask them before extracting patches")
-    found = find_atom_columns(cube.data, min_distance=min_distance, threshold=threshold, intensity_range=(lo, hi))
+    image = cube.data if cube.ndim == 2 else cube.data.sum(axis=-1)  # channels summed to find columns
+    if cube.ndim > 2:
+        lo, hi = compute(image.min(), image.max(), progress=False)
+    found = find_atom_columns(image, min_distance=min_distance, threshold=threshold, intensity_range=(lo, hi))
     found = found[inside(found.round().astype(int), shape, window)]
     if len(found) == 0:
         raise ValueError(f"no atom columns found with a whole {window}-px window inside the image "
@@ -77,13 +80,27 @@ def chunk_order(positions, chunks, window=0):
     return order, (tile[0] * len(chunks[1]) + tile[1])[order]
 
 
-def check_cube(cube, mode):
-    """Dims must fit the mode; returns the cube with scan dims first."""
+def check_cube(cube, mode, channels=""):
+    """Dims must fit the mode; returns the cube with scan dims first (then ``channel``).
+
+    A spectrum image ``(y, x, energy)`` becomes ``(y, x, channel)`` through ``channels`` (energy
+    bands, :mod:`pipeline.channels`) for the window modes.
+    """
+    if "energy" in cube.dims and mode != "frames":
+        if not channels:
+            raise ValueError(f"a spectrum image {cube.dims} needs --channels: energy bands to sum into channels, "
+                             f"e.g. 1.2:1.6,6.2:6.6 (in the energy axis' units)")
+        from .channels import select_channels
+
+        cube = select_channels(cube, channels)
+    elif channels:
+        raise ValueError(f"--channels picks energy bands of a spectrum image; this cube has dims {cube.dims}")
     expected = {"points": ("y", "x"), "grid": ("y", "x"), "frames": ("y", "x", "ky", "kx")}[mode]
-    if set(cube.dims) != set(expected):
+    extra = ("channel",) if "channel" in cube.dims and mode != "frames" else ()
+    if set(cube.dims) != set(expected + extra):
         hint = "use --mode frames" if cube.ndim == 4 else "use --mode points or grid"
         raise ValueError(f"mode {mode!r} needs a cube with dims {expected}, got {cube.dims}; {hint}")
-    return cube.transpose(*expected)
+    return cube.transpose(*expected, *extra)
 
 
 def cube_region(spec, data, centres):
@@ -115,22 +132,23 @@ def sample_blocks(spec, cube, positions, tiles, chunk):
     for start, stop in zip(bounds[:-1], bounds[1:]):
         block = positions[start:stop].round().astype(np.int64)
         region, local = cube_region(spec, cube.data, block)
-        shape = (len(block), 1, *spec.sample_shape(cube.shape[2:]))
+        shape = (len(block), cube.sizes.get("channel", 1), *spec.sample_shape(cube.shape[2:]))
         blocks.append(da.map_blocks(make, region.rechunk(region.shape), local, meta=np.empty((0,) * 4, dtype),
                                     chunks=tuple((n,) for n in shape),
                                     new_axis=list(range(len(shape) - region.ndim))))
     return da.concatenate(blocks)
 
 
-def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1,
+def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1, channels="",
                     min_distance=3, threshold=0.3, points=None, max_samples=20000, selection="random", seed=0):
     """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
     normalisation is left for :func:`write_patches`, which measures it while it writes."""
-    cube = check_cube(cube, mode)
+    cube = check_cube(cube, mode, channels)
     positions, grid_shape = plan_positions(cube, mode=mode, window=window, stride=stride,
                                            min_distance=min_distance, threshold=threshold, points=points)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
-                      transform=transform if mode != "frames" else "none", binning=binning)
+                      transform=transform if mode != "frames" else "none", binning=binning,
+                      channels=channels if mode != "frames" else "")
     chosen = np.arange(len(positions))
     if max_samples is not None and len(positions) > max_samples:
         if selection == "strided":

@@ -7,6 +7,7 @@ same engine as a multi-node run, with its memory management, on one node.
 runs the scheduler, rank 1 runs the stage (the client), the other ranks are workers; every rank
 but the client exits when the stage ends. Start at least 3 ranks.
 """
+import logging
 import os
 from contextlib import contextmanager, nullcontext
 
@@ -27,9 +28,9 @@ def dask_scheduler(kind="local"):
         with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
                           dashboard_address=None) as cluster, Client(cluster) as client:
             yield client
+            # A finished progress bar's feed is cancelled at shutdown, which the scheduler logs as an error.
+            logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
         return
-    import logging
-
     import dask_mpi
     from mpi4py import MPI
 

@@ -56,6 +56,7 @@ class WindowSpec:
     window: int = 0
     transform: str = "none"
     binning: int = 1
+    channels: str = ""
     offset: float = 0.0
     scale: float = 1.0
 
@@ -65,18 +66,18 @@ class WindowSpec:
         return self.transform == "none" and self.binning == 1
 
     def cut(self, region, centres=None):
-        """Samples ``(N, 1, h, w)`` before any transform, in the cube's dtype (float32 once binned).
+        """Samples ``(N, C, h, w)`` before any transform, in the cube's dtype (float32 once binned).
 
-        ``region``: a block of the scan, ``(y, x)`` or (frames mode) ``(y, x, ky, kx)``, with the
-        samples' ``centres`` (row, col) relative to it.
+        ``region``: a block of the scan, ``(y, x)``, ``(y, x, channel)`` or (frames mode)
+        ``(y, x, ky, kx)``, with the samples' ``centres`` (row, col) relative to it.
         """
         region = np.asarray(region)
         if self.mode == "frames":
             frames = region[centres[:, 0], centres[:, 1]]
             samples = frames if self.binning == 1 else bin_frames(frames.astype(np.float32), self.binning)
         else:
-            samples = cut_windows(region, centres, self.window)
-        return samples[:, None]
+            samples = cut_windows(region, centres, self.window)  # (N, [C,] w, w)
+        return samples if samples.ndim == 4 else samples[:, None]
 
     def raw(self, region, centres=None):
         """Transformed (not normalised) samples ``(N, 1, h, w)`` float32."""

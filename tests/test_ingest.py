@@ -133,3 +133,20 @@ def test_hyperspy_adf_image_matches_rosettasciio_and_yields_atom_columns(tmp_pat
     nearest = np.sort(distances, axis=1)[:, 1]
     assert len(centres) > 150
     assert np.mean(np.abs(nearest / np.median(nearest) - 1) < 0.1) > 0.9
+
+
+def test_spectrum_image_channels_are_energy_band_sums(tmp_path, rvae):
+    ingest(real_file("bcf_v2_50x50px.bcf"), tmp_path / "eds.zarr", dataset="EDX", progress=False)
+    cube = xr.open_zarr(tmp_path / "eds.zarr")["data"]
+    result = rvae("patches", tmp_path / "eds.zarr", tmp_path / "p.zarr", "--mode", "grid", "--window", "16",
+                  "--stride", "4", "--channels", "0.2:2,2:20")
+    assert result.returncode == 0, result.stderr
+    patches = xr.open_zarr(tmp_path / "p.zarr")
+    assert patches["patches"].shape[1:] == (2, 16, 16)
+    for i, (lo, hi) in enumerate([(0.2, 2), (2, 20)]):
+        band = cube.sel(energy=slice(lo, hi)).sum("energy").values
+        r, c = int(patches["row"][3]) - 8, int(patches["col"][3]) - 8
+        np.testing.assert_allclose(patches["patches"].values[3, i], band[r:r + 16, c:c + 16])
+    refused = rvae("patches", tmp_path / "eds.zarr", tmp_path / "q.zarr", "--mode", "grid", "--window", "16")
+    assert refused.returncode == 1 and "needs --channels" in refused.stderr
+    assert not (tmp_path / "q.zarr").exists()
