@@ -22,13 +22,15 @@ def write_source(kind, path, data):
             f["entry/instrument/data"].attrs["voltage_kV"] = 300
     elif kind == "zarr":
         zarr.save_array(str(path), data)
+    elif kind == "zarr2":
+        zarr.save_array(str(path), data, zarr_format=2)
     return path
 
 
-@pytest.mark.parametrize("kind", ["npy", "tiff", "h5", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "tiff", "h5", "zarr", "zarr2"])
 def test_ingest_round_trip_names_dims_and_keeps_values(tmp_path, kind):
     data = np.random.default_rng(0).random((40, 50)).astype(np.float32)
-    source = write_source(kind, tmp_path / f"image.{kind}", data)
+    source = write_source(kind, tmp_path / f"image.{kind.rstrip('2')}", data)
     ingest(source, tmp_path / "cube.zarr", pixel_size=0.05, units="nm", progress=False)
     cube = xr.open_zarr(tmp_path / "cube.zarr")
     assert cube["data"].dims == ("y", "x")

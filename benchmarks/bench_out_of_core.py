@@ -1,0 +1,87 @@
+"""A source larger than this machine's memory through ``rvae ingest`` and ``rvae patches``.
+
+Writes a raw ``.npy`` image of ``--gib`` GiB (uint16, detector-like noise; default 32 GiB, more
+than the RAM of the machines this was written on), then runs, each in a fresh process, the
+ingest stage (npy -> compressed Zarr v3 cube) and the patch stage (grid windows, the default
+bounded stack), and prints wall time, input GiB/s and peak RSS as a fraction of the machine's RAM.
+
+    python benchmarks/bench_out_of_core.py --workdir /scratch/ooc      # needs ~2.5x --gib of disk
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+GIB = 2**30
+
+
+def write_source(path, gib, seed=0):
+    side = int(np.sqrt(gib * GIB / 2))
+    image = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(side, side))
+    base = np.random.default_rng(seed).poisson(200, size=(1024, side)).astype(np.uint16)
+    for start in range(0, side, 1024):  # a band at a time: never the whole image in memory
+        rows = min(1024, side - start)
+        image[start:start + rows] = np.roll(base[:rows], start, axis=1)
+    image.flush()
+    del image
+    return side
+
+
+def worker(stage, source, out):
+    from pipeline.ingest import ingest
+    from pipeline.patches import write_patches
+
+    start = time.perf_counter()
+    if stage == "ingest":
+        ingest(source, out, progress=False)
+    else:
+        write_patches(source, out, mode="grid", window=32, progress=False)
+    seconds = time.perf_counter() - start
+    print("RESULT " + json.dumps({"seconds": seconds, "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                  / 2**20}), flush=True)
+
+
+def measure(stage, source, out):
+    result = subprocess.run([sys.executable, __file__, "--worker", stage, str(source), str(out)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
+    return next(json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT "))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=32)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out-of-core"))
+    parser.add_argument("--keep", action="store_true", help="keep the files afterwards")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(*args.worker)
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    source, cube, patches = (args.workdir / n for n in ("image.npy", "cube.zarr", "patches.zarr"))
+    start = time.perf_counter()
+    side = write_source(source, args.gib)
+    print(f"source {source}: ({side}, {side}) uint16, {source.stat().st_size / GIB:.1f} GiB on disk, "
+          f"machine RAM {ram:.1f} GiB (written in {time.perf_counter() - start:.0f} s)", flush=True)
+    for stage, reads, writes in (("ingest", source, cube), ("patches", cube, patches)):
+        r = measure(stage, reads, writes)
+        print(f"{stage:8} {r['seconds']:7.0f} s  {args.gib / r['seconds']:.2f} GiB/s of input  "
+              f"peak RSS {r['rss_gib']:.2f} GiB = {r['rss_gib'] / ram:.1%} of RAM", flush=True)
+    on_disk = sum(p.stat().st_size for p in cube.rglob("*") if p.is_file()) / GIB
+    print(f"cube.zarr: {on_disk:.1f} GiB on disk")
+    if not args.keep:
+        shutil.rmtree(args.workdir)
+
+
+if __name__ == "__main__":
+    main()
