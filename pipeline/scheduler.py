@@ -25,11 +25,17 @@ def dask_scheduler(kind="local"):
     from distributed import Client, LocalCluster
 
     if kind == "local":
-        with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            yield client
-            # A finished progress bar's feed is cancelled at shutdown, which the scheduler logs as an error.
-            logging.getLogger("distributed.scheduler").setLevel(logging.CRITICAL)
+        # Task errors reach this process as exceptions (and become one-line errors); the cluster's
+        # own logs of them, and of a progress bar's feed cancelled at shutdown, would only repeat them.
+        quiet = logging.getLogger("distributed")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                yield client
+        finally:
+            quiet.setLevel(level)
         return
     import dask_mpi
     from mpi4py import MPI
