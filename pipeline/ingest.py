@@ -34,8 +34,24 @@ class Source:
     axes: list = field(default_factory=list)  # per array axis: {"dim", "scale", "offset", "units"}
 
 
+class _NpyFile:
+    """An ``.npy`` file, memory-mapped afresh on each read.
+
+    ``dask.array.from_array`` copies arrays it is given (a memory map included: the whole file
+    into memory); an object with only shape, dtype and ``__getitem__`` is read chunk by chunk.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        mapped = np.load(path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
+
+    def __getitem__(self, key):
+        return np.array(np.load(self.path, mmap_mode="r")[key])
+
+
 def read_npy(path, dataset=None):
-    return Source(da.from_array(np.load(path, mmap_mode="r")))
+    return Source(da.from_array(_NpyFile(path), chunks="auto"))
 
 
 def read_tiff(path, dataset=None):
