@@ -8,16 +8,13 @@ bounded stack), and prints wall time, input GiB/s and peak RSS as a fraction of 
     python benchmarks/bench_out_of_core.py --workdir /scratch/ooc      # needs ~2.5x --gib of disk
 """
 import argparse
-import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from fresh_process import measure, report
 
 GIB = 2**30
 
@@ -43,17 +40,7 @@ def worker(stage, source, out):
         ingest(source, out, progress=False)
     else:
         write_patches(source, out, mode="grid", window=32, progress=False)
-    seconds = time.perf_counter() - start
-    print("RESULT " + json.dumps({"seconds": seconds, "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                  / 2**20}), flush=True)
-
-
-def measure(stage, source, out):
-    result = subprocess.run([sys.executable, __file__, "--worker", stage, str(source), str(out)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{stage} failed:\n{result.stderr[-3000:]}")
-    return next(json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    report(seconds=time.perf_counter() - start)
 
 
 def main():
@@ -74,7 +61,7 @@ def main():
     print(f"source {source}: ({side}, {side}) uint16, {source.stat().st_size / GIB:.1f} GiB on disk, "
           f"machine RAM {ram:.1f} GiB (written in {time.perf_counter() - start:.0f} s)", flush=True)
     for stage, reads, writes in (("ingest", source, cube), ("patches", cube, patches)):
-        r = measure(stage, reads, writes)
+        r = measure(__file__, stage, reads, writes)
         print(f"{stage:8} {r['seconds']:7.0f} s  {args.gib / r['seconds']:.2f} GiB/s of input  "
               f"peak RSS {r['rss_gib']:.2f} GiB = {r['rss_gib'] / ram:.1%} of RAM", flush=True)
     on_disk = sum(p.stat().st_size for p in cube.rglob("*") if p.is_file()) / GIB

@@ -22,15 +22,12 @@ so every side reads from the page cache as far as it holds them.
     python benchmarks/bench_patches.py --sizes 0.25 1        # a quick look
 """
 import argparse
-import json
-import resource
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from fresh_process import measure, report
 
 GIB = 2**30
 TASKS = ("raw", "bounded", "copy", "full")
@@ -92,17 +89,7 @@ def worker(task, cube, out):
         max_samples = None if task == "full" else 20000
         write_patches(cube, out, mode=mode, window=32, stride=32, max_samples=max_samples, overwrite=True,
                       progress=False)
-    seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB
-    print("RESULT " + json.dumps({"seconds": seconds, "gib": gib, "rss_gib": rss}), flush=True)
-
-
-def measure(task, cube, out):
-    result = subprocess.run([sys.executable, __file__, "--worker", task, str(cube), str(out)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{task} on {cube} failed:\n{result.stderr[-3000:]}")
-    return next(json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    report(seconds=time.perf_counter() - start, gib=gib)
 
 
 def main():
@@ -125,7 +112,7 @@ def main():
             on_disk = sum(p.stat().st_size for p in cube.rglob("*") if p.is_file()) / GIB
             print(f"{kind} cube {shape} uint16: {gib:g} GiB, {on_disk:.2f} GiB on disk "
                   f"(written in {time.perf_counter() - start:.0f} s)", flush=True)
-            runs = {task: measure(task, cube, out) for task in TASKS}
+            runs = {task: measure(__file__, task, cube, out) for task in TASKS}
             rows.append((kind, gib, runs))
             print("  " + ", ".join(f"{task} {r['gib'] / r['seconds']:.2f} GiB/s (peak RSS {r['rss_gib']:.2f} GiB)"
                                    for task, r in runs.items()), flush=True)
