@@ -136,9 +136,7 @@ class RVAE(PyroModule):
     @torch.no_grad()
     def encode(self, x):
         """Posterior ``(mean, std)`` of the encoded vector ``[angle?, shift_y?, shift_x?, z...]``."""
-        out = self.encoder(x)
-        d = self.encoded_dim
-        return out[:, :d], F.softplus(out[:, d:2 * d]) + 1e-4
+        return self._loc_scale(self.encoder(x))
 
     @torch.no_grad()
     def classify(self, x):
@@ -171,10 +169,14 @@ class RVAE(PyroModule):
     def _posterior(self, x):
         """Guide parameters: ``(loc, scale)`` per latent, and the class logits."""
         out = self.encoder(x)
-        d = self.encoded_dim
-        parts = self._split(out[:, :d], F.softplus(out[:, d:2 * d]) + 1e-4)
-        parts["logits"] = out[:, 2 * d:]
+        parts = self._split(*self._loc_scale(out))
+        parts["logits"] = out[:, 2 * self.encoded_dim:]
         return parts
+
+    def _loc_scale(self, out):
+        """The encoder's features as the encoded vector's Gaussian ``(loc, scale)``."""
+        d = self.encoded_dim
+        return out[:, :d], F.softplus(out[:, d:2 * d]) + 1e-4
 
     def _split(self, loc, scale):
         parts, i = {}, 0
