@@ -30,6 +30,10 @@ def dask_scheduler(kind="local"):
         quiet = logging.getLogger("distributed")
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)
+        # Futures that distributed's comms abandon at shutdown (a BatchedSend's wake-up timeout) are
+        # reported by asyncio when garbage-collected, which may be at interpreter exit, after this
+        # context: that logger stays quiet for the rest of the process.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         try:
             with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
                               dashboard_address=None) as cluster, Client(cluster) as client:
