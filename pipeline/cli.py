@@ -122,11 +122,11 @@ def _run_command(args):
         ds = ingest(args.source, args.out, overwrite=args.overwrite, **_section_values(args, cfg.IngestConfig))
         print(f"wrote {args.out}: data {dict(ds['data'].sizes)}")
     elif command == "patches":
-        from .patches import write_patches
+        from .patches import positions_to_encode, write_patches
 
         ds = write_patches(args.cube, args.out, overwrite=args.overwrite, **_section_values(args, cfg.PatchesConfig))
         print(f"wrote {args.out}: {ds.sizes['sample']} samples of {ds.sizes['py']}x{ds.sizes['px']} "
-              f"({ds.sizes['position']} positions to encode)")
+              f"({len(positions_to_encode(ds))} positions to encode)")
     elif command == "train":
         from .train import train
 

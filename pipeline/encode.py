@@ -19,7 +19,7 @@ import zarr
 from models import load_checkpoint
 
 from . import provenance
-from .patches import check_cube, cube_region
+from .patches import check_cube, cube_region, positions_to_encode
 from .stores import open_cube, open_store, reading
 from .windows import WindowSpec
 
@@ -33,15 +33,14 @@ def wrap_angle(angle, symmetry=1):
 class EncodePlan:
     """Which positions form each block and where each block's results go."""
 
-    def __init__(self, patch_attrs, positions, scan_shape, block):
-        self.mode = patch_attrs["mode"]
-        self.positions = positions
+    def __init__(self, mode, positions, block):
+        self.mode = mode
+        self.positions = positions  # a ScanGrid in grid and frames modes, (N, 2) for points
         if self.mode == "points":
             self.shape, self.dims = (len(positions),), ("sample",)
             self.step = block
         else:
-            self.shape = tuple(patch_attrs["grid_shape"]) if self.mode == "grid" else tuple(scan_shape)
-            self.dims = ("y", "x")
+            self.shape, self.dims = positions.shape, ("y", "x")
             self.step = max(1, block // self.shape[1]) * self.shape[1]  # whole rows of the grid
         self.chunks = (self.step,) if self.mode == "points" else (self.step // self.shape[1], self.shape[1])
         self.n_blocks = math.ceil(len(positions) / self.step)
@@ -64,16 +63,18 @@ def results_template(plan, cube, model, symmetry, attrs):
     def empty(*lead, dtype=np.float32):
         return da.full((*lead, *space), np.nan, dtype=dtype, chunks=(*lead, *plan.chunks))
 
-    rows, cols = plan.positions[:, 0], plan.positions[:, 1]
-    yc, xc = cube["y"].values, cube["x"].values
-    y_at = np.interp(rows, np.arange(len(yc)), yc)
-    x_at = np.interp(cols, np.arange(len(xc)), xc)
+    def physical(dim, px):
+        axis = cube[dim].values
+        return np.interp(px, np.arange(len(axis)), axis)
+
     if plan.mode == "points":
-        coords = {"y": ("sample", y_at, dict(cube["y"].attrs)), "x": ("sample", x_at, dict(cube["x"].attrs)),
+        rows, cols = plan.positions[:, 0], plan.positions[:, 1]
+        coords = {"y": ("sample", physical("y", rows), dict(cube["y"].attrs)),
+                  "x": ("sample", physical("x", cols), dict(cube["x"].attrs)),
                   "row": ("sample", rows, {"units": "px"}), "col": ("sample", cols, {"units": "px"})}
     else:
-        coords = {"y": ("y", y_at.reshape(space)[:, 0], dict(cube["y"].attrs)),
-                  "x": ("x", x_at.reshape(space)[0], dict(cube["x"].attrs))}
+        coords = {"y": ("y", physical("y", np.asarray(plan.positions.rows)), dict(cube["y"].attrs)),
+                  "x": ("x", physical("x", np.asarray(plan.positions.cols)), dict(cube["x"].attrs))}
     coords["latent"] = ("latent", np.arange(latent))
     half = np.pi / symmetry
     data = {
@@ -94,11 +95,10 @@ def results_template(plan, cube, model, symmetry, attrs):
 
 def encode_block(model, spec, cube, positions, batch_size):
     """Encode one block: ``(mean, std, recon_error)`` as NumPy arrays."""
-    centres = positions.round().astype(np.int64)
-    region, local = cube_region(spec, cube.data, centres)
+    region, local = cube_region(spec, cube.data, positions)
     samples = spec.samples(region.compute(), local)
     if not np.isfinite(samples).all():
-        raise ValueError(f"non-finite values in the cube near row {int(centres[0, 0])}, col {int(centres[0, 1])}")
+        raise ValueError(f"non-finite values in the cube near row {positions[0, 0]:.0f}, col {positions[0, 1]:.0f}")
     means, stds, errors = [], [], []
     for i in range(0, len(samples), batch_size):
         x = torch.from_numpy(samples[i:i + batch_size])
@@ -121,8 +121,8 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
     if tuple(model.image_shape[1:]) != spec.sample_shape(cube.shape[2:]):
         raise ValueError(f"checkpoint expects {model.image_shape[1:]} samples, the patch store makes "
                          f"{spec.sample_shape(cube.shape[2:])}: train on this patch store first")
-    positions = np.stack([patch_store["position_row"].values, patch_store["position_col"].values], -1)
-    plan = EncodePlan(attrs, positions, cube.shape[:2], block)
+    positions = positions_to_encode(patch_store)
+    plan = EncodePlan(attrs["mode"], positions, block)
     provenance_attrs = {
         "source": str(Path(cube_path).resolve()), "source_mtime": provenance.modification_time(cube_path),
         "patches": str(Path(patches_path).resolve()), "checkpoint": str(Path(checkpoint_path).resolve()),

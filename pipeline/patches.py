@@ -21,7 +21,7 @@ import zarr
 
 from .scheduler import compute
 from .stores import check_writable, open_cube, reading, staged_output
-from .windows import WindowSpec, grid_centres, inside, window_bounds
+from .windows import ScanGrid, WindowSpec, inside, window_bounds
 
 CHUNK_BYTES = 16 * 2**20  # patch store chunks (and Dask blocks) of about this size along `sample`
 # Zstandard at level 1: nearly the ratio of the default level at a fraction of the cost to write,
@@ -30,20 +30,16 @@ PATCH_CODECS = (zarr.codecs.ZstdCodec(level=1),)
 
 
 def plan_positions(cube, *, mode, window, stride, min_distance, threshold, points=None):
-    """All sample positions (row, col) the mode defines on this cube; and the grid shape (or None).
-
-    Positions come in row-major order; :func:`chunk_order` gives the order to read them in.
-    """
+    """Every sample position the mode defines on this cube: a :class:`ScanGrid` (grid, frames),
+    never materialised, or an ``(N, 2)`` array of (row, col) (points)."""
     shape = cube.shape[:2]
     if mode == "frames":
-        rows, cols = np.indices(shape)
-        return np.stack([rows.ravel(), cols.ravel()], -1).astype(float), shape
+        return ScanGrid(range(shape[0]), range(shape[1]))
     if window > min(shape):
         raise ValueError(f"window {window} px is larger than the image ({shape[0]} x {shape[1]} px); "
                          f"choose --window <= {min(shape)}")
     if mode == "grid":
-        centres, grid_shape = grid_centres(shape, window, stride or window)
-        return centres.astype(float), grid_shape
+        return ScanGrid.of_windows(shape, window, stride or window)
     if points is not None:
         from .points import read_points
 
@@ -51,7 +47,7 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, point
         given = given[inside(given.round().astype(int), shape, window)]
         if len(given) == 0:
             raise ValueError(f"none of the points in {str(points)!r} has a whole {window}-px window inside the image")
-        return given, None
+        return given
     from .peaks import find_atom_columns
 
     lo, hi, finite = compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all(), progress=False)
@@ -65,19 +61,51 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, point
     if len(found) == 0:
         raise ValueError(f"no atom columns found with a whole {window}-px window inside the image "
                          f"(threshold={threshold}, min_distance={min_distance}); lower --threshold or --window")
-    return found, None
+    return found
 
 
-def chunk_order(positions, chunks, window=0):
-    """Order positions by the cube chunk that holds their window's first pixel.
+def positions_to_encode(patch_store):
+    """Every position the encode stage visits: a :class:`ScanGrid` (grid and frames modes, from the
+    store's attrs) or the points' ``(N, 2)`` (row, col)."""
+    if patch_store.attrs["mode"] == "points":
+        return np.stack([patch_store["position_row"].values, patch_store["position_col"].values], -1)
+    return ScanGrid.from_attrs(patch_store.attrs)
 
-    Returns the ordering indices and, in that order, each position's chunk number; a block of
-    samples never mixes chunks, so it reads one chunk (plus a window's margin), not a band of them.
-    """
+
+def chunk_of(starts, chunks):
+    """Index of the chunk (of sizes ``chunks``) holding each start pixel."""
+    return np.searchsorted(np.cumsum(chunks), starts, side="right")
+
+
+def point_blocks(positions, chunks, window, size):
+    """Positions as blocks of at most ``size``, ordered by the cube chunk that holds their window's
+    first pixel: a block never mixes chunks, so it reads one chunk (plus a window's margin)."""
     start = positions.round().astype(np.int64) - window // 2
-    tile = [np.searchsorted(np.cumsum(c), start[:, i], side="right") for i, c in enumerate(chunks[:2])]
+    tile = [chunk_of(start[:, i], c) for i, c in enumerate(chunks[:2])]
     order = np.lexsort((positions[:, 1], positions[:, 0], tile[1], tile[0]))
-    return order, (tile[0] * len(chunks[1]) + tile[1])[order]
+    tiles = (tile[0] * len(chunks[1]) + tile[1])[order]
+    bounds = np.union1d(np.flatnonzero(np.diff(tiles, prepend=-1)), np.arange(0, len(order), size))
+    return [positions[order[a:b]] for a, b in zip(bounds, [*bounds[1:], len(order)])]
+
+
+def grid_blocks(grid, chunks, window, size):
+    """Every position of ``grid`` as sub-grids of at most ``size``, in the same chunk order as
+    :func:`point_blocks`, without holding a position array."""
+    def by_chunk(centres, chunks):
+        tile = chunk_of(np.asarray(centres) - window // 2, chunks)
+        bounds = np.flatnonzero(np.diff(tile, prepend=-1))
+        return [centres[a:b] for a, b in zip(bounds, [*bounds[1:], len(centres)])]
+
+    blocks = []
+    for rows in by_chunk(grid.rows, chunks[0]):
+        for cols in by_chunk(grid.cols, chunks[1]):
+            if len(cols) > size:
+                blocks += [ScanGrid(rows[i:i + 1], cols[j:j + size])
+                           for i in range(len(rows)) for j in range(0, len(cols), size)]
+            else:
+                step = size // len(cols)
+                blocks += [ScanGrid(rows[i:i + step], cols) for i in range(0, len(rows), step)]
+    return blocks
 
 
 def check_cube(cube, mode, channels=""):
@@ -104,11 +132,14 @@ def check_cube(cube, mode, channels=""):
 
 
 def cube_region(spec, data, centres):
-    """The (lazy) part of the cube that the samples at integer ``centres`` need, and the centres within it.
+    """The (lazy) part of the cube that the samples at ``centres`` (an ``(N, 2)`` array, rounded
+    here, or a :class:`ScanGrid`) need, and the centres within it.
 
     A rectangle of the scan (its frames, in frames mode): plain slices keep Dask's reads whole-chunk.
     """
-    (r0, r1), (c0, c1) = window_bounds(centres, spec.window or 1)
+    if not isinstance(centres, ScanGrid):
+        centres = np.asarray(centres).round().astype(np.int64)
+    (r0, r1), (c0, c1) = window_bounds(np.asarray(centres), spec.window or 1)
     return data[r0:r1, c0:c1], centres - [r0, c0]
 
 
@@ -117,8 +148,8 @@ def samples_per_chunk(sample_shape, itemsize):
     return int(np.clip(CHUNK_BYTES // (int(np.prod(sample_shape)) * itemsize), 64, 16384))
 
 
-def sample_blocks(spec, cube, positions, tiles, chunk):
-    """Lazy samples for ``positions``, one Dask task per ``chunk``: as cut, in the cube's dtype, when
+def sample_blocks(spec, cube, blocks):
+    """Lazy samples, one Dask task per block of positions: as cut, in the cube's dtype, when
     :attr:`WindowSpec.keeps_dtype` (a uint16 cube makes a uint16 stack); transformed float32 otherwise.
 
     Each block is a Dask array op on the cube (not a ``delayed`` call, which would embed a private
@@ -126,17 +157,20 @@ def sample_blocks(spec, cube, positions, tiles, chunk):
     it feeds.
     """
     make, dtype = (spec.cut, cube.dtype) if spec.keeps_dtype else (spec.raw, np.dtype(np.float32))
-    tile_starts = np.flatnonzero(np.diff(tiles, prepend=-1))
-    bounds = np.unique(np.concatenate([tile_starts, np.arange(0, len(positions), chunk), [len(positions)]]))
-    blocks = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        block = positions[start:stop].round().astype(np.int64)
+    samples = []
+    for block in blocks:
         region, local = cube_region(spec, cube.data, block)
         shape = (len(block), cube.sizes.get("channel", 1), *spec.sample_shape(cube.shape[2:]))
-        blocks.append(da.map_blocks(make, region.rechunk(region.shape), local, meta=np.empty((0,) * 4, dtype),
-                                    chunks=tuple((n,) for n in shape),
-                                    new_axis=list(range(len(shape) - region.ndim))))
-    return da.concatenate(blocks)
+        samples.append(da.map_blocks(make, region.rechunk(region.shape), local, meta=np.empty((0,) * 4, dtype),
+                                     chunks=tuple((n,) for n in shape),
+                                     new_axis=list(range(len(shape) - region.ndim))))
+    return da.concatenate(samples)
+
+
+def sample_centres(blocks):
+    """Each sample's centre (row, col), lazily: a grid's blocks make theirs as they are written."""
+    return da.concatenate([da.from_delayed(dask.delayed(np.asarray)(block, float), (len(block), 2), dtype=float)
+                           for block in blocks])
 
 
 def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1, channels="",
@@ -144,61 +178,75 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
     """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
     normalisation is left for :func:`write_patches`, which measures it while it writes."""
     cube = check_cube(cube, mode, channels)
-    positions, grid_shape = plan_positions(cube, mode=mode, window=window, stride=stride,
-                                           min_distance=min_distance, threshold=threshold, points=points)
+    positions = plan_positions(cube, mode=mode, window=window, stride=stride,
+                               min_distance=min_distance, threshold=threshold, points=points)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
                       transform=transform if mode != "frames" else "none", binning=binning,
                       channels=channels if mode != "frames" else "")
-    chosen = np.arange(len(positions))
+    chunk = samples_per_chunk(spec.sample_shape(cube.shape[2:]), 4)
+    samples = positions
     if max_samples is not None and len(positions) > max_samples:
         if selection == "strided":
             chosen = np.linspace(0, len(positions) - 1, max_samples).round().astype(np.int64)
         else:
             chosen = np.random.default_rng(seed).choice(len(positions), max_samples, replace=False)
-    order, tiles = chunk_order(positions[chosen], cube.data.chunks, spec.window)
-    chosen = chosen[order]
-    chunk = samples_per_chunk(spec.sample_shape(cube.shape[2:]), 4)
-    raw = sample_blocks(spec, cube, positions[chosen], tiles, chunk).rechunk((chunk, -1, -1, -1))
+        samples = positions[chosen].astype(float)
+    blocks = (grid_blocks if isinstance(samples, ScanGrid) else point_blocks)(samples, cube.data.chunks,
+                                                                            spec.window, chunk)
+    raw = sample_blocks(spec, cube, blocks).rechunk((chunk, -1, -1, -1))
+    centres = sample_centres(blocks).rechunk((chunk, 2))
 
-    yc, xc = (cube[d].values for d in ("y", "x"))
-    chosen_pos = positions[chosen]
+    def physical(dim, px):
+        axis = cube[dim].values
+        return px.map_blocks(np.interp, np.arange(len(axis)), axis, dtype=float)
+
+    if isinstance(positions, ScanGrid):
+        encoded, layout = {}, positions.to_attrs()
+    else:
+        encoded = {f"position_{name}": ("position", positions[:, i], {
+            "units": "px", "long_name": f"{name} of every position to encode"}) for i, name in enumerate(("row", "col"))}
+        layout = {}
     return xr.Dataset(
         {"patches": (("sample", "channel", "py", "px"), raw,
                      {"long_name": "sample as cut and transformed; normalise with (value - offset) / scale"}),
-         "position_row": ("position", positions[:, 0], {"units": "px", "long_name": "row of every position to encode"}),
-         "position_col": ("position", positions[:, 1], {"units": "px", "long_name": "column of every position to encode"})},
-        coords={"row": ("sample", chosen_pos[:, 0], {"units": "px"}),
-                "col": ("sample", chosen_pos[:, 1], {"units": "px"}),
-                "y": ("sample", np.interp(chosen_pos[:, 0], np.arange(len(yc)), yc), dict(cube["y"].attrs)),
-                "x": ("sample", np.interp(chosen_pos[:, 1], np.arange(len(xc)), xc), dict(cube["x"].attrs))},
-        attrs={"mode": mode, "stride": int(stride or window), "grid_shape": list(grid_shape or []),
+         **encoded},
+        coords={"row": ("sample", centres[:, 0], {"units": "px"}),
+                "col": ("sample", centres[:, 1], {"units": "px"}),
+                "y": ("sample", physical("y", centres[:, 0]), dict(cube["y"].attrs)),
+                "x": ("sample", physical("x", centres[:, 1]), dict(cube["x"].attrs))},
+        attrs={"mode": mode, "stride": int(stride or window), **layout,
                "image_shape": list(cube.shape[:2]), "normalisation": "normalised = (value - offset) / scale",
                **spec.to_attrs()})
 
 
 def write_patches(cube_path, out_path, *, variable="data", overwrite=False, progress=True, **options):
-    """``rvae patches``: extract and write the patch store in one pass over the cube; returns its Dataset."""
+    """``rvae patches``: extract and write the patch store in one pass over the cube; returns the store."""
     cube = open_cube(cube_path, variable)
     check_writable(out_path, overwrite)
     with reading(cube_path):
         ds = extract_patches(cube, **options)
     ds.attrs.update(source=str(cube_path), variable=variable)
-    raw = ds["patches"].data
+    coords = [name for name, v in ds.coords.items() if v.chunks]  # each sample's centre, lazily
     with staged_output(out_path, overwrite) as staging:
-        ds.to_zarr(staging, zarr_format=3, compute=False,  # metadata and small variables; samples below
+        ds.to_zarr(staging, zarr_format=3, compute=False,  # metadata and in-memory variables; Dask ones below
                    encoding={"patches": {"compressors": PATCH_CODECS}})
+
+        def target(name):
+            return zarr.open_array(str(staging / name), mode="r+")
+
         # Store the samples with Dask directly and reduce what was stored: one graph, so each block
         # is cut once. (xarray's deferred write optimises its own copy of the graph, which would
         # cut every block a second time for the statistics.)
-        stored = da.store(raw, zarr.open_array(str(staging / "patches"), mode="r+"), lock=False,
-                          compute=False, return_stored=True)
+        stored = da.store(ds["patches"].data, target("patches"), lock=False, compute=False, return_stored=True)
+        centres = da.store([ds[name].data for name in coords], [target(name) for name in coords],
+                           lock=False, compute=False)
         with reading(cube_path):
-            lo, hi, finite = compute(stored.min(), stored.max(), da.isfinite(stored).all(), progress=progress)
+            lo, hi, finite, _ = compute(stored.min(), stored.max(), da.isfinite(stored).all(), centres,
+                                        progress=progress)
         if not finite:
             raise ValueError(f"cube {str(cube_path)!r} contains NaN or Inf values where samples are cut; "
                              f"clean or mask them before extracting patches")
         spec = WindowSpec.from_attrs(ds.attrs).normalised_by(float(lo), float(hi))
         zarr.open_group(str(staging), mode="r+").attrs.update(spec.to_attrs())
         zarr.consolidate_metadata(str(staging))
-        ds.attrs.update(spec.to_attrs())
-    return ds
+    return xr.open_zarr(out_path)

@@ -71,7 +71,7 @@ class WindowSpec:
         ``region``: a block of the scan, ``(y, x)``, ``(y, x, channel)`` or (frames mode)
         ``(y, x, ky, kx)``, with the samples' ``centres`` (row, col) relative to it.
         """
-        region = np.asarray(region)
+        region, centres = np.asarray(region), np.asarray(centres)
         if self.mode == "frames":
             frames = region[centres[:, 0], centres[:, 1]]
             samples = frames if self.binning == 1 else bin_frames(frames.astype(np.float32), self.binning)
@@ -109,14 +109,53 @@ class WindowSpec:
         return cls(**{k[len(prefix):]: v for k, v in attrs.items() if k.startswith(prefix)})
 
 
-def grid_centres(shape, window, stride):
-    """Centres (row, col) of the windows on a grid; the grid's shape ``(ny, nx)``."""
-    ny = (shape[0] - window) // stride + 1
-    nx = (shape[1] - window) // stride + 1
-    rows = np.arange(ny) * stride + window // 2
-    cols = np.arange(nx) * stride + window // 2
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    return np.stack([rr.ravel(), cc.ravel()], -1), (ny, nx)
+@dataclass(frozen=True)
+class ScanGrid:
+    """Positions (row, col) on a regular grid, kept implicit: ``rows`` x ``cols`` as ranges.
+
+    A large scan has millions of positions; a grid computes the few it is asked for
+    (``grid[indices]``, flat row-major indices) and splits into sub-grids by slicing its ranges.
+    """
+
+    rows: range
+    cols: range
+
+    @classmethod
+    def of_windows(cls, shape, window, stride):
+        """Centres of the ``window``-px windows at ``stride`` that fit inside an image of ``shape``."""
+        ny, nx = ((n - window) // stride + 1 for n in shape)
+        first = window // 2
+        return cls(range(first, first + ny * stride, stride), range(first, first + nx * stride, stride))
+
+    @property
+    def shape(self):
+        return (len(self.rows), len(self.cols))
+
+    def __len__(self):
+        return len(self.rows) * len(self.cols)
+
+    def __getitem__(self, index):
+        """Centres ``(N, 2)`` int64 of flat indices (an int array or a slice)."""
+        flat = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+        r, c = np.divmod(flat, len(self.cols))
+        return np.stack([self.rows.start + self.rows.step * r, self.cols.start + self.cols.step * c], -1)
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:].astype(dtype or np.int64)
+
+    def __sub__(self, offset):
+        """The same grid in a region whose origin is at ``offset`` (row, col)."""
+        dr, dc = (int(o) for o in offset)
+        return ScanGrid(range(self.rows.start - dr, self.rows.stop - dr, self.rows.step),
+                        range(self.cols.start - dc, self.cols.stop - dc, self.cols.step))
+
+    def to_attrs(self):
+        return {"grid_rows": [self.rows.start, self.rows.stop, self.rows.step],
+                "grid_cols": [self.cols.start, self.cols.stop, self.cols.step], "grid_shape": list(self.shape)}
+
+    @classmethod
+    def from_attrs(cls, attrs):
+        return cls(range(*attrs["grid_rows"]), range(*attrs["grid_cols"]))
 
 
 def inside(centres, shape, window):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.patches import write_patches
+from pipeline.patches import positions_to_encode, write_patches
 from pipeline.stores import open_cube
 from pipeline.synthetic import write_synthetic
 from pipeline.windows import WindowSpec
@@ -21,7 +21,7 @@ def test_points_mode_centres_windows_on_atom_columns(lattice_cube, tmp_path):
     assert np.mean(centre > values.mean(axis=(1, 2, 3)) + 0.2) > 0.95
     spacing = 10.0
     expected = 224**2 * 2 / (np.sqrt(3) * spacing**2)  # hexagonal lattice density x area
-    assert 0.6 * expected < store.sizes["position"] <= 1.05 * expected
+    assert 0.6 * expected < len(positions_to_encode(store)) <= 1.05 * expected
     assert store.attrs["window_spec_mode"] == "points" and store["y"].attrs["units"] == "nm"
     # the stored samples are the cube's own intensities, cut around each position
     cube = open_cube(lattice_cube).values
@@ -32,7 +32,7 @@ def test_points_mode_centres_windows_on_atom_columns(lattice_cube, tmp_path):
 def test_grid_mode_with_logfft_and_a_bounded_stack(lattice_cube, tmp_path):
     ds = write_patches(lattice_cube, tmp_path / "p.zarr", mode="grid", window=32, stride=16,
                        transform="logfft", max_samples=50, seed=3, progress=False)
-    assert ds.sizes["sample"] == 50 and ds.sizes["position"] == 13 * 13
+    assert ds.sizes["sample"] == 50 and len(positions_to_encode(ds)) == 13 * 13
     assert ds.attrs["grid_shape"] == [13, 13]
     again = write_patches(lattice_cube, tmp_path / "q.zarr", mode="grid", window=32, stride=16,
                           transform="logfft", max_samples=50, seed=3, progress=False)
@@ -82,7 +82,7 @@ def test_points_mode_from_a_csv_of_physical_coordinates(lattice_cube, tmp_path, 
     (tmp_path / "points.csv").write_text("\n".join(lines) + "\n")
     given = write_patches(lattice_cube, tmp_path / "given.zarr", mode="points", window=16,
                           points=tmp_path / "points.csv", progress=False)
-    assert given.sizes["sample"] == given.sizes["position"] == 40
+    assert given.sizes["sample"] == len(positions_to_encode(given)) == 40
     order = np.lexsort((picked["col"].values, picked["row"].values))
     again = np.lexsort((given["col"].values, given["row"].values))
     np.testing.assert_allclose(given["row"].values[again], picked["row"].values[order], atol=1e-6)
@@ -91,3 +91,24 @@ def test_points_mode_from_a_csv_of_physical_coordinates(lattice_cube, tmp_path, 
     result = rvae("patches", lattice_cube, tmp_path / "p.zarr", "--points", tmp_path / "bad.csv")
     assert result.returncode == 1 and "needs columns 'row,col' (pixels) or 'y,x'" in result.stderr
     assert not (tmp_path / "p.zarr").exists()
+
+
+def test_every_grid_position_is_cut_chunk_by_chunk_from_an_implicit_grid(tmp_path):
+    image = np.random.default_rng(0).integers(0, 4000, (150, 131)).astype(np.uint16)
+    cube = xr.Dataset({"data": (("y", "x"), image)}, coords={"y": np.arange(150) * 0.5, "x": np.arange(131) * 0.5})
+    cube.chunk({"y": 40, "x": 50}).to_zarr(tmp_path / "cube.zarr", zarr_format=3)
+    ds = write_patches(tmp_path / "cube.zarr", tmp_path / "p.zarr", mode="grid", window=12, stride=7,
+                       max_samples=None, progress=False)
+    grid = positions_to_encode(ds)
+    assert grid.shape == (20, 18) and "position_row" not in ds  # the grid is kept as attrs, not listed
+    rows, cols = ds["row"].values.astype(int), ds["col"].values.astype(int)
+    assert sorted(zip(rows, cols)) == sorted(map(tuple, np.asarray(grid)))
+    patches = ds["patches"].values
+    assert patches.dtype == np.uint16
+    for i in range(0, len(rows), 17):
+        np.testing.assert_array_equal(patches[i, 0], image[rows[i] - 6:rows[i] + 6, cols[i] - 6:cols[i] + 6])
+    np.testing.assert_allclose(ds["y"].values, rows * 0.5)
+    # samples come cube chunk by cube chunk: the chunk holding each window's first pixel never returns
+    tiles = ((rows - 6) // 40) * 10 + (cols - 6) // 50
+    changes = np.flatnonzero(np.diff(tiles)) + 1
+    assert len(set(tiles[np.r_[0, changes]])) == len(changes) + 1

@@ -6,7 +6,7 @@ from pipeline.encode import wrap_angle
 from pipeline.evaluate import circular_error
 from pipeline.peaks import find_atom_columns
 from pipeline.synthetic import render_gaussians
-from pipeline.windows import WindowSpec, bin_frames, cut_windows, grid_centres, log_fft_magnitude
+from pipeline.windows import ScanGrid, WindowSpec, bin_frames, cut_windows, log_fft_magnitude
 
 
 def test_cut_windows_takes_the_pixels_around_each_centre():
@@ -16,10 +16,15 @@ def test_cut_windows_takes_the_pixels_around_each_centre():
     np.testing.assert_array_equal(windows[1], image[0:4, 1:5])
 
 
-def test_grid_centres_cover_the_image_at_the_stride():
-    centres, shape = grid_centres((100, 70), window=20, stride=10)
-    assert shape == (9, 6) and len(centres) == 54
+def test_scan_grid_covers_the_image_at_the_stride_without_listing_it():
+    grid = ScanGrid.of_windows((100, 70), window=20, stride=10)
+    centres = np.asarray(grid)
+    assert grid.shape == (9, 6) and len(grid) == 54 and centres.shape == (54, 2)
     assert centres.min() == 10 and centres[:, 0].max() == 90 and centres[:, 1].max() == 60
+    np.testing.assert_array_equal(grid[[7, 53]], centres[[7, 53]])  # row-major flat indices
+    np.testing.assert_array_equal(grid[8:20], centres[8:20])
+    np.testing.assert_array_equal(np.asarray(grid - (5, 3)), centres - [5, 3])
+    assert ScanGrid.from_attrs(grid.to_attrs()) == grid
 
 
 def test_log_fft_magnitude_ignores_lattice_phase_but_follows_its_rotation():
