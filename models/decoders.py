@@ -55,7 +55,7 @@ class SpatialDecoder(nn.Module):
     is computed once per image instead of once per pixel.
     """
 
-    def __init__(self, image_shape, code_dim, hidden=(128, 128)):
+    def __init__(self, image_shape, code_dim, hidden=(96, 96, 96)):
         super().__init__()
         self.image_shape = tuple(image_shape)
         c, h, w = self.image_shape

@@ -63,7 +63,7 @@ class ModelConfig(Section):
     noise_scale: Optional[float] = Field(0.1, gt=0, description="gaussian likelihood width; null: learned")
     angle_prior: float = Field(1.0, gt=0, description="prior width of the angle latent, radians")
     shift_prior: float = Field(0.1, gt=0, description="prior width of the shift latents, half-windows")
-    hidden: Optional[tuple[int, ...]] = Field(None, description="decoder MLP widths, e.g. 256,256 (default: 256,256 warp; 128,128 spatial)")
+    hidden: Optional[tuple[int, ...]] = Field(None, description="decoder MLP widths, e.g. 256,256 (default: 256,256 warp; 96,96,96 spatial)")
 
 
 class TrainConfig(Section):
