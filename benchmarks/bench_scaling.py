@@ -4,7 +4,7 @@ Prints images/s for each (per-rank batch, backend, ranks), the 2-rank/1-rank rat
 fp16-compressed gradient allreduce, the machine's own limit (two independent processes at once),
 and the cost of one gradient allreduce between 2 ranks.
 
-    python benchmarks/bench_scaling.py                 # ddp and horovod (if built), ~6 minutes
+    python benchmarks/bench_scaling.py                 # ddp and horovod (if built), 3 runs each, ~20 minutes
     python benchmarks/bench_scaling.py --backends ddp --batch-sizes 256
 """
 import argparse
@@ -88,6 +88,9 @@ def main():
     parser.add_argument("--samples", type=int, default=16384)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1024], help="per rank")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of every configuration, interleaved; the medians are printed (this VM's "
+                             "single runs move by +-15%%)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,7 +109,8 @@ def main():
                   max_samples=args.samples, progress=False)
     n_params = sum(p.numel() for p in models.RVAE((1, 32, 32)).parameters())
     print(f"{args.samples} samples of 32x32, default rVAE ({n_params:,} parameters, {n_params * 4 / 2**20:.1f} MiB "
-          f"of gradients), 1 thread per rank, {os.cpu_count()} cores; img/s = median over epochs 2..{args.epochs}")
+          f"of gradients), 1 thread per rank, {os.cpu_count()} cores; img/s = median over epochs 2..{args.epochs}, "
+          f"then over {args.repeats} interleaved runs")
     backends = [b for b in args.backends if b != "horovod" or _horovod_built()]
     for backend in backends:
         probe = [str(Path(__file__).resolve()), "--probe", backend, "--params", str(n_params)]
@@ -116,11 +120,17 @@ def main():
     print(f"\n{'batch/rank':>10} {'backend':8} {'1 rank':>8} {'2 ranks':>8} {'ratio':>6} {'2 ranks fp16':>13} "
           f"{'ratio':>6} {'machine limit':>14}")
     for batch in args.batch_sizes:
-        limit = independent_throughput(work / "patches.zarr", args, env, batch)
+        runs = {}
+        for _ in range(args.repeats):
+            runs.setdefault("limit", []).append(independent_throughput(work / "patches.zarr", args, env, batch))
+            for backend, ranks, compression in [(b, n, c) for b in backends for n, c in ((1, "none"), (2, "none"),
+                                                                                    (2, "fp16"))]:
+                runs.setdefault((backend, ranks, compression), []).append(
+                    train_throughput(backend, ranks, work / "patches.zarr", args, env, batch, compression))
+        median = {key: statistics.median(values) for key, values in runs.items()}
+        limit = median["limit"]
         for backend in backends:
-            one = train_throughput(backend, 1, work / "patches.zarr", args, env, batch)
-            two = train_throughput(backend, 2, work / "patches.zarr", args, env, batch)
-            half = train_throughput(backend, 2, work / "patches.zarr", args, env, batch, "fp16")
+            one, two, half = (median[(backend, n, c)] for n, c in ((1, "none"), (2, "none"), (2, "fp16")))
             print(f"{batch:10d} {backend:8} {one:8.0f} {two:8.0f} {two / one:6.2f} {half:13.0f} {half / one:6.2f} "
                   f"{limit / one:13.2f}x", flush=True)
     print("\nmachine limit: two independent single-process runs at once, relative to one (no communication)")

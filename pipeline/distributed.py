@@ -71,7 +71,11 @@ class NoStrategy:
         return model, optimizer
 
     def allreduce_mean(self, value):
-        return float(value)
+        return self.start_allreduce_mean(value)()
+
+    def start_allreduce_mean(self, value):
+        """Start averaging a number over the ranks without waiting; returns a call that waits for it."""
+        return lambda: float(value)
 
     def allgather(self, obj):
         return [obj]
@@ -112,12 +116,16 @@ class DDPStrategy(NoStrategy):
             wrapped.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return wrapped, optimizer
 
-    def allreduce_mean(self, value):
+    def start_allreduce_mean(self, value):
         import torch.distributed as dist
 
         tensor = torch.tensor([float(value)], dtype=torch.float64)
-        dist.all_reduce(tensor)
-        return tensor.item() / self.world_size
+        work = dist.all_reduce(tensor, async_op=True)
+
+        def result():
+            work.wait()
+            return tensor.item() / self.world_size
+        return result
 
     def allgather(self, obj):
         import torch.distributed as dist
@@ -163,8 +171,9 @@ class HorovodStrategy(NoStrategy):
         return model, hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average,
                                                compression=compression)
 
-    def allreduce_mean(self, value):
-        return self.hvd.allreduce(torch.tensor([float(value)], dtype=torch.float64), op=self.hvd.Average).item()
+    def start_allreduce_mean(self, value):
+        handle = self.hvd.allreduce_async(torch.tensor([float(value)], dtype=torch.float64), op=self.hvd.Average)
+        return lambda: self.hvd.synchronize(handle).item()
 
     def allgather(self, obj):
         return self.hvd.allgather_object(obj)

@@ -107,7 +107,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
                             patch_attrs=reader.attrs)
         strategy.barrier()  # no rank exits (and gets its peers killed) before the file is written
 
-    steps_done = 0
+    steps_done, vote = 0, None
     with PreemptionFlag() as preemption:
         for epoch in range(start_epoch, epochs + 1):
             first = start_step if epoch == start_epoch else 0
@@ -120,12 +120,15 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
                 loss.backward()
                 optimizer.step()
                 total, seen, steps_done = total + loss.item() * len(batch), seen + len(batch), steps_done + 1
-                # every rank must stop at the same step: agree on whether any rank was signalled
-                if strategy.allreduce_mean(preemption.received is not None) > 0:
+                # Every rank must stop at the same step: each step the ranks vote on whether any was
+                # signalled, without waiting; the vote is read a step later, by when it has arrived,
+                # so the ranks meet once per step (in the gradient allreduce), not twice.
+                if vote is not None and vote() > 0:
                     save(epoch, step + 1)
                     raise Preempted(f"stopped by {preemption.received or 'a signal on another rank'} at epoch "
                                     f"{epoch}, step {step + 1}; checkpoint saved to {checkpoint_path}: run the same "
                                     f"command again to resume")
+                vote = strategy.start_allreduce_mean(preemption.received is not None)
                 if checkpoint_every and steps_done % checkpoint_every == 0:
                     save(epoch, step + 1)
             seconds = time.perf_counter() - start
@@ -134,6 +137,8 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
             log(f"epoch {epoch:3d}/{epochs}  loss {mean_loss:10.3f}  "
                 f"{seen * strategy.world_size / seconds:8.0f} img/s  ({strategy.world_size} rank(s))")
             save(epoch + 1, 0, finished=epoch == epochs)
+        if vote is not None:
+            vote()  # the last step's vote lands before the ranks part
     if start_epoch > epochs:
         save(epochs + 1, 0, finished=True)
     return model
