@@ -136,7 +136,8 @@ class ScanGrid:
 
     def __getitem__(self, index):
         """Centres ``(N, 2)`` int64 of flat indices (an int array or a slice)."""
-        flat = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+        # a slice spans only its own indices (not an arange of the whole grid, sliced)
+        flat = np.arange(*index.indices(len(self))) if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
         r, c = np.divmod(flat, len(self.cols))
         return np.stack([self.rows.start + self.rows.step * r, self.cols.start + self.cols.step * c], -1)
 
