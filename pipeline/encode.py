@@ -19,7 +19,7 @@ import zarr
 from models import load_checkpoint
 
 from . import provenance
-from .patches import check_cube, cube_region, positions_to_encode
+from .patches import check_cube, cube_region, positions_to_encode, to_physical
 from .stores import open_cube, open_store, reading
 from .windows import WindowSpec
 
@@ -64,8 +64,7 @@ def results_template(plan, cube, model, symmetry, attrs):
         return da.full((*lead, *space), np.nan, dtype=dtype, chunks=(*lead, *plan.chunks))
 
     def physical(dim, px):
-        axis = cube[dim].values
-        return np.interp(px, np.arange(len(axis)), axis)
+        return to_physical(px, cube[dim].values)
 
     if plan.mode == "points":
         rows, cols = plan.positions[:, 0], plan.positions[:, 1]

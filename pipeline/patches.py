@@ -72,6 +72,11 @@ def positions_to_encode(patch_store):
     return ScanGrid.from_attrs(patch_store.attrs)
 
 
+def to_physical(px, axis):
+    """Pixel positions ``px`` as values of the coordinate ``axis`` (linear between pixels)."""
+    return np.interp(px, np.arange(len(axis)), axis)
+
+
 def chunk_of(starts, chunks):
     """Index of the chunk (of sizes ``chunks``) holding each start pixel."""
     return np.searchsorted(np.cumsum(chunks), starts, side="right")
@@ -197,8 +202,7 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
     centres = sample_centres(blocks).rechunk((chunk, 2))
 
     def physical(dim, px):
-        axis = cube[dim].values
-        return px.map_blocks(np.interp, np.arange(len(axis)), axis, dtype=float)
+        return px.map_blocks(to_physical, cube[dim].values, dtype=float)
 
     if isinstance(positions, ScanGrid):
         encoded, layout = {}, positions.to_attrs()
