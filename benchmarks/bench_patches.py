@@ -112,7 +112,10 @@ def main():
             on_disk = sum(p.stat().st_size for p in cube.rglob("*") if p.is_file()) / GIB
             print(f"{kind} cube {shape} uint16: {gib:g} GiB, {on_disk:.2f} GiB on disk "
                   f"(written in {time.perf_counter() - start:.0f} s)", flush=True)
-            runs = {task: measure(__file__, task, cube, out) for task in TASKS}
+            runs = {}
+            for task in TASKS:  # each writes a fresh output: none pays for deleting the last one's
+                shutil.rmtree(out, ignore_errors=True)
+                runs[task] = measure(__file__, task, cube, out)
             rows.append((kind, gib, runs))
             print("  " + ", ".join(f"{task} {r['gib'] / r['seconds']:.2f} GiB/s (peak RSS {r['rss_gib']:.2f} GiB)"
                                    for task, r in runs.items()), flush=True)
