@@ -5,10 +5,20 @@ import subprocess
 import sys
 
 
+def peak_rss_gib():
+    """This process's own peak RSS. Linux carries ``ru_maxrss`` over from the parent through
+    (v)fork and exec, so a child started by a parent that once held 20 GiB reports 20 GiB;
+    ``VmHWM`` belongs to the process's own address space."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def report(**fields):
-    """Print this process's result line, with its peak RSS in GiB (Linux reports kB)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print("RESULT " + json.dumps({**fields, "rss_gib": rss}), flush=True)
+    """Print this process's result line, with its peak RSS in GiB."""
+    print("RESULT " + json.dumps({**fields, "rss_gib": peak_rss_gib()}), flush=True)
 
 
 def measure(script, *args):
