@@ -159,8 +159,8 @@ class HorovodStrategy(NoStrategy):
                              "`make horovod` (scripts/build-horovod.sh), or use --backend ddp") from err
         if self.device.type == "cpu":
             # Horovod's background thread coordinates the ranks once per cycle; on CPU ranks it competes
-            # with compute for the cores, and a step lasts tens of ms or more, so a 5 ms cycle costs no
-            # latency and gave 2 ranks 9 % more img/s here (benchmarks/bench_scaling.py). Users' value wins.
+            # with compute for the cores. A CPU step lasts tens of ms or more, so a 5 ms cycle adds little
+            # latency; it gave 2 ranks ~9 % more img/s here (interleaved runs). A user's value wins.
             os.environ.setdefault("HOROVOD_CYCLE_TIME", "5")
         hvd.init()
         self.hvd = hvd
