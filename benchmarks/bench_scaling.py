@@ -22,8 +22,8 @@ BIN = Path(sys.executable).parent
 
 def launch(backend, ranks, job, env):
     """The command that starts ``job`` (a list) as ``ranks`` ranks of ``backend``."""
-    if backend == "horovod":
-        return [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo", sys.executable, *job]
+    if backend == "horovod":  # Open MPI's mpirun, as on a cluster (srun --mpi=pmix alike): the MPI controller
+        return [str(BIN / "mpirun"), "-np", str(ranks), "-x", "OMP_NUM_THREADS", sys.executable, *job]
     if backend == "ddp":
         return [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "--master-port", "29651", *job]
     return [sys.executable, *job]
@@ -61,25 +61,27 @@ def allreduce_probe(backend, n_params, repeats=50):
     """Run inside a 2-rank job: seconds per allreduce of ``n_params`` float32 values (rank 0 prints)."""
     import torch
 
+    from pipeline.distributed import make_strategy
+
     torch.set_num_threads(1)
     grad = torch.randn(n_params)
-    if backend == "horovod":
-        import horovod.torch as hvd
+    strategy = make_strategy(backend)
+    strategy.setup()  # the settings `rvae train` runs with
 
-        hvd.init()
-        reduce, rank = (lambda: hvd.allreduce(grad, op=hvd.Average)), hvd.rank()
-    else:
-        import torch.distributed as dist
+    def reduce():
+        if backend == "horovod":
+            strategy.hvd.allreduce(grad, op=strategy.hvd.Average)
+        else:
+            torch.distributed.all_reduce(grad)
 
-        dist.init_process_group("gloo")
-        reduce, rank = (lambda: dist.all_reduce(grad)), dist.get_rank()
     for _ in range(5):
         reduce()
     start = time.perf_counter()
     for _ in range(repeats):
         reduce()
-    if rank == 0:
+    if strategy.is_main:
         print(f"ALLREDUCE {(time.perf_counter() - start) / repeats:.6f}")
+    strategy.shutdown()
 
 
 def main():
@@ -94,15 +96,16 @@ def main():
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if args.probe:
         return allreduce_probe(args.probe, args.params)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import models
     from pipeline.patches import write_patches
     from pipeline.synthetic import write_synthetic
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}",
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     write_synthetic(work / "cube.zarr", size=384)
     write_patches(work / "cube.zarr", work / "patches.zarr", mode="grid", window=32, stride=2,

@@ -1,4 +1,4 @@
-"""Data-parallel training with real ranks: torch DDP (torchrun) and Horovod (horovodrun)."""
+"""Data-parallel training with real ranks: torch DDP (torchrun) and Horovod (horovodrun with Gloo, mpirun with MPI)."""
 import os
 import signal
 import subprocess
@@ -26,15 +26,18 @@ def small_patches(lattice_cube, tmp_path_factory):
     return path
 
 
-def launch(backend, patches, out, ranks=2):
+LAUNCHERS = {  # how each backend's ranks are started: Horovod over Gloo (horovodrun) and over MPI (mpirun)
+    "torchrun": lambda ranks: [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "--master-port", "29641"],
+    "horovodrun": lambda ranks: [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo", sys.executable],
+    "mpirun": lambda ranks: [str(BIN / "mpirun"), "-np", str(ranks), "--oversubscribe", sys.executable],
+}
+
+
+def launch(backend, launcher, patches, out, ranks=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}",
            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     job = [str(RANK_JOB), str(patches), str(out), backend, str(EPOCHS), str(BATCH)]
-    if backend == "ddp":
-        command = [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "--master-port", "29641", *job]
-    else:
-        command = [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo", sys.executable, *job]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([*LAUNCHERS[launcher](ranks), *job], capture_output=True, text=True, env=env, timeout=600)
 
 
 def reference_on_union(patches):
@@ -67,11 +70,11 @@ def horovod_available():
     return subprocess.run([sys.executable, "-c", "import horovod.torch"], capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize("backend", ["ddp", "horovod"])
-def test_two_ranks_equal_one_rank_on_the_union_of_their_batches(backend, small_patches, tmp_path):
+@pytest.mark.parametrize("backend, launcher", [("ddp", "torchrun"), ("horovod", "horovodrun"), ("horovod", "mpirun")])
+def test_two_ranks_equal_one_rank_on_the_union_of_their_batches(backend, launcher, small_patches, tmp_path):
     if backend == "horovod":
         assert horovod_available(), "Horovod is not built: run `make horovod` (CI does)"
-    result = launch(backend, small_patches, tmp_path)
+    result = launch(backend, launcher, small_patches, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rank 0 of 2 done" in result.stdout and "rank 1 of 2 done" in result.stdout
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
