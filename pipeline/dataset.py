@@ -3,8 +3,8 @@
 Random access to single samples in a Zarr store costs a chunk decompression per sample; instead
 each epoch permutes *read units* (a chunk, or an equal part of one when a small store has fewer
 chunks than ranks need), deals them to the ranks round-robin, and each rank shuffles the samples
-of a few units at a time (the shuffle buffer). A background thread reads the next units while
-the model computes. Everything depends only on ``(seed, epoch, rank)``, so a resumed run sees
+of a few units at a time (the shuffle buffer). A background thread reads and shuffles the next
+units while the model computes, and the next epoch's first ones while this epoch ends. Everything depends only on ``(seed, epoch, rank)``, so a resumed run sees
 exactly the batches an uninterrupted one would.
 """
 import queue
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import zarr
 
-from .stores import open_store
+from .stores import open_store, reading
 from .windows import WindowSpec
 
 UNITS_PER_RANK = 4  # at least this many read units per rank per epoch, for a useful shuffle
@@ -27,12 +27,12 @@ class ShardedPatchReader:
     optimizer step is a collective operation under DDP and Horovod.
     """
 
-    def __init__(self, path, *, batch_size, rank=0, world_size=1, seed=0, buffer_units=4, prefetch=2,
+    def __init__(self, path, *, batch_size, rank=0, world_size=1, seed=0, buffer_units=4, prefetch=1,
                  pin_memory=False):
         ds = open_store(path, what="patch store")
         if "patches" not in ds:
             raise ValueError(f"{str(path)!r} is not a patch store (no 'patches' variable); make one with rvae patches")
-        self.array = zarr.open_group(str(path), mode="r")["patches"]
+        self.path, self.array = path, zarr.open_group(str(path), mode="r")["patches"]
         self.attrs = dict(ds.attrs)
         self.spec = WindowSpec.from_attrs(self.attrs)
         n, chunk = self.array.shape[0], self.array.chunks[0]
@@ -40,6 +40,7 @@ class ShardedPatchReader:
         self.units = [(start, min(start + unit, n)) for start in range(0, n, unit)]
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.buffer_units, self.prefetch, self.pin_memory = buffer_units, prefetch, pin_memory
+        self._ahead = None  # the next epoch's ShuffleFeed, started as this one ends
         if self.steps_per_epoch(0) == 0:
             raise ValueError(f"patch store {str(path)!r} has {n} samples: too few for {world_size} rank(s) "
                              f"with batch size {batch_size}; lower --batch-size")
@@ -55,47 +56,85 @@ class ShardedPatchReader:
     def steps_per_epoch(self, epoch):
         return min(sum(stop - start for start, stop in shard) for shard in self._deal(epoch)) // self.batch_size
 
-    def batches(self, epoch, start_step=0):
-        """Yield this rank's batches ``start_step, ..., steps_per_epoch - 1`` of ``epoch``."""
-        units = self._deal(epoch)[self.rank]
+    def batches(self, epoch, start_step=0, *, last_epoch=None):
+        """Yield this rank's batches ``start_step, ..., steps_per_epoch - 1`` of ``epoch``.
+
+        When ``epoch < last_epoch``, the next epoch's first shuffle group is read and shuffled in the
+        background while this epoch's last one is used, so no epoch starts by waiting on I/O.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.epoch != epoch:
+            ahead.close()
+            ahead = None
+        feed = ahead or ShuffleFeed(self, epoch, last_epoch)
         steps = self.steps_per_epoch(epoch)
-        rng = np.random.default_rng([self.seed, epoch, self.rank])
-        chunks = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def read():
-            for start, end in units:
-                if stop.is_set():
-                    return
-                chunks.put(self.spec.normalise(self.array[start:end]))
-            chunks.put(None)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        pending, step = np.empty((0, *self.sample_shape), np.float32), 0
         try:
-            pending, step, finished = np.empty((0, *self.sample_shape), np.float32), 0, False
-            while step < steps:
-                group = []
-                while not finished and len(group) < self.buffer_units:
-                    block = chunks.get()
-                    finished = block is None
-                    if not finished:
-                        group.append(block)
-                if group:
-                    fresh = np.concatenate(group)
-                    pending = np.concatenate([pending, fresh[rng.permutation(len(fresh))]])
+            for group in feed:
+                pending = np.concatenate([pending, group]) if len(pending) else group
                 while len(pending) >= self.batch_size and step < steps:
                     batch, pending = pending[:self.batch_size], pending[self.batch_size:]
                     if step >= start_step:
                         tensor = torch.from_numpy(np.ascontiguousarray(batch))
                         yield tensor.pin_memory() if self.pin_memory else tensor
                     step += 1
-                if finished and len(pending) < self.batch_size:
+                if step == steps:
                     break
         finally:
-            stop.set()
-            while reader.is_alive():  # unblock a reader waiting on a full queue
-                try:
-                    chunks.get_nowait()
-                except queue.Empty:
-                    reader.join(timeout=0.1)
+            feed.close()
+            self._ahead = feed.next
+
+
+class ShuffleFeed:
+    """One epoch of one rank's samples as shuffle groups (``buffer_units`` read units, normalised,
+    concatenated and permuted), made by a background thread at most ``prefetch`` groups ahead.
+
+    When the last group is taken and ``epoch < last_epoch``, the next epoch's feed starts
+    (``next``): one epoch ahead at most, whatever the number of groups per epoch.
+    """
+
+    def __init__(self, reader, epoch, last_epoch=None):
+        self.reader, self.epoch, self.last_epoch, self.next = reader, epoch, last_epoch, None
+        self.groups = queue.Queue(maxsize=reader.prefetch)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._make, daemon=True)
+        self.thread.start()
+
+    def _make(self):
+        reader = self.reader
+        units = reader._deal(self.epoch)[reader.rank]
+        rng = np.random.default_rng([reader.seed, self.epoch, reader.rank])
+        firsts = range(0, len(units), reader.buffer_units)
+        try:
+            with reading(reader.path, "patch store"):
+                for first in firsts:
+                    group = np.concatenate([reader.spec.normalise(reader.array[start:stop])
+                                            for start, stop in units[first:first + reader.buffer_units]])
+                    if not self._put((group[rng.permutation(len(group))], first == firsts[-1])):
+                        return
+        except Exception as err:  # raised in the training loop, rather than left to hang it
+            self._put((err, True))
+
+    def _put(self, item):
+        """Queue ``item`` unless the feed is closed first; returns whether it was queued."""
+        while not self.stop.is_set():
+            try:
+                self.groups.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def __iter__(self):
+        last = False
+        while not last:
+            group, last = self.groups.get()
+            if isinstance(group, Exception):
+                raise group
+            if last and self.last_epoch is not None and self.epoch < self.last_epoch:
+                self.next = ShuffleFeed(self.reader, self.epoch + 1, self.last_epoch)
+            yield group
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()

@@ -112,7 +112,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
         for epoch in range(start_epoch, epochs + 1):
             first = start_step if epoch == start_epoch else 0
             start, total, seen = time.perf_counter(), 0.0, 0
-            for step, batch in enumerate(reader.batches(epoch, first), start=first):
+            for step, batch in enumerate(reader.batches(epoch, first, last_epoch=epochs), start=first):
                 batch = batch.to(device, non_blocking=True)
                 with autocast:
                     loss = step_fn(batch)

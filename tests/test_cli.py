@@ -81,6 +81,17 @@ def test_corrupt_chunk_is_one_line_for_every_stage_that_reads_it(tmp_path, store
     assert snapshot(tmp_path / "p.zarr") == before  # --overwrite kept the old output: the new one failed
 
 
+def test_corrupt_patch_store_chunk_fails_training_in_one_line(tmp_path, stores, rvae):
+    import shutil
+
+    shutil.copytree(stores / "p.zarr", tmp_path / "p.zarr")
+    for chunk in (p for p in (tmp_path / "p.zarr" / "patches" / "c").rglob("*") if p.is_file()):
+        chunk.write_bytes(chunk.read_bytes()[:50] + b"garbage")
+    result = rvae("train", tmp_path / "p.zarr", tmp_path / "m.ckpt", "--epochs", 1, "--batch-size", 16, "--hidden", "32,32")
+    assert_one_line_error(result, "cannot read patch store", "p.zarr", "corrupt or truncated")
+    assert not (tmp_path / "m.ckpt").exists()
+
+
 def test_config_with_an_unknown_key_names_it(tmp_path, rvae):
     (tmp_path / "run.yaml").write_text("workdir: out\npatches:\n  windw: 32\n")
     result = rvae("run", tmp_path / "run.yaml", cwd=tmp_path)

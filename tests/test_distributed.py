@@ -170,3 +170,13 @@ def data_index(data, row):
     import numpy as np
 
     return int(np.flatnonzero((data == row).all(axis=(1, 2, 3)))[0])
+
+
+def test_reading_the_next_epoch_ahead_changes_no_batch(small_patches):
+    plain = ShardedPatchReader(small_patches, batch_size=BATCH, rank=1, world_size=2, seed=SEED)
+    ahead = ShardedPatchReader(small_patches, batch_size=BATCH, rank=1, world_size=2, seed=SEED)
+    for epoch in (1, 2, 3):
+        expected, got = list(plain.batches(epoch)), list(ahead.batches(epoch, last_epoch=3))
+        assert len(got) == len(expected) > 0
+        assert all(torch.equal(a, b) for a, b in zip(expected, got))
+        assert (ahead._ahead.epoch if ahead._ahead else None) == (epoch + 1 if epoch < 3 else None)
