@@ -1,6 +1,7 @@
 """Data-parallel scaling on this machine: 1 rank x 1 thread vs 2 ranks x 1 thread, per backend.
 
-Prints images/s for each (per-rank batch, backend, ranks), the 2-rank/1-rank ratio with plain and
+Prints images/s of one plain process (the reference for every backend) and of 2 ranks per backend
+(DDP under torchrun, Horovod under Open MPI's mpirun), the 2-rank/1-rank ratio with plain and
 fp16-compressed gradient allreduce, the machine's own limit (two independent processes at once),
 and the cost of one gradient allreduce between 2 ranks.
 
@@ -120,23 +121,25 @@ def main():
         out = subprocess.run(launch(backend, 2, probe, env), capture_output=True, text=True, env=env).stdout
         seconds = float(re.search(r"ALLREDUCE ([\d.]+)", out).group(1))
         print(f"{backend}: one allreduce of the gradients between 2 ranks: {seconds * 1e3:.2f} ms")
-    print(f"\n{'batch/rank':>10} {'backend':8} {'1 rank':>8} {'2 ranks':>8} {'ratio':>6} {'2 ranks fp16':>13} "
+    print(f"\n{'batch/rank':>10} {'1 rank':>8} {'backend':8} {'2 ranks':>8} {'ratio':>6} {'2 ranks fp16':>13} "
           f"{'ratio':>6} {'machine limit':>14}")
     for batch in args.batch_sizes:
         runs = {}
         for _ in range(args.repeats):
             runs.setdefault("limit", []).append(independent_throughput(work / "patches.zarr", args, env, batch))
-            for backend, ranks, compression in [(b, n, c) for b in backends for n, c in ((1, "none"), (2, "none"),
-                                                                                    (2, "fp16"))]:
-                runs.setdefault((backend, ranks, compression), []).append(
-                    train_throughput(backend, ranks, work / "patches.zarr", args, env, batch, compression))
+            # one reference for every backend: a plain process (a launcher's 1-rank job may pin it to a core)
+            runs.setdefault("one", []).append(train_throughput("none", 1, work / "patches.zarr", args, env, batch))
+            for backend, compression in [(b, c) for b in backends for c in ("none", "fp16")]:
+                runs.setdefault((backend, compression), []).append(
+                    train_throughput(backend, 2, work / "patches.zarr", args, env, batch, compression))
         median = {key: statistics.median(values) for key, values in runs.items()}
-        limit = median["limit"]
+        one, limit = median["one"], median["limit"]
         for backend in backends:
-            one, two, half = (median[(backend, n, c)] for n, c in ((1, "none"), (2, "none"), (2, "fp16")))
-            print(f"{batch:10d} {backend:8} {one:8.0f} {two:8.0f} {two / one:6.2f} {half:13.0f} {half / one:6.2f} "
+            two, half = median[(backend, "none")], median[(backend, "fp16")]
+            print(f"{batch:10d} {one:8.0f} {backend:8} {two:8.0f} {two / one:6.2f} {half:13.0f} {half / one:6.2f} "
                   f"{limit / one:13.2f}x", flush=True)
-    print("\nmachine limit: two independent single-process runs at once, relative to one (no communication)")
+    print("\n1 rank: one plain process (--backend none); machine limit: two of them at once, relative to one "
+          "(no communication)")
 
 
 def _horovod_built():

@@ -4,8 +4,9 @@ Random access to single samples in a Zarr store costs a chunk decompression per 
 each epoch permutes *read units* (a chunk, or an equal part of one when a small store has fewer
 chunks than ranks need), deals them to the ranks round-robin, and each rank shuffles the samples
 of a few units at a time (the shuffle buffer). A background thread reads and shuffles the next
-units while the model computes, and the next epoch's first ones while this epoch ends. Everything depends only on ``(seed, epoch, rank)``, so a resumed run sees
-exactly the batches an uninterrupted one would.
+units while the model computes, and the next epoch's first ones while this epoch ends.
+Everything depends only on ``(seed, epoch, rank)``, so a resumed run sees exactly the batches an
+uninterrupted one would.
 """
 import queue
 import threading
