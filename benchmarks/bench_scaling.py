@@ -5,7 +5,7 @@ Prints images/s of one plain process (the reference for every backend) and of 2 
 fp16-compressed gradient allreduce, the machine's own limit (two independent processes at once),
 and the cost of one gradient allreduce between 2 ranks.
 
-    python benchmarks/bench_scaling.py                 # ddp and horovod (if built), 3 runs each, ~20 minutes
+    python benchmarks/bench_scaling.py                 # ddp and horovod (if built), 3 rounds, ~40 minutes
     python benchmarks/bench_scaling.py --backends ddp --batch-sizes 256
 """
 import argparse
@@ -92,8 +92,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1024], help="per rank")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of every configuration, interleaved; the medians are printed (this VM's "
-                             "single runs move by +-15%%)")
+                        help="rounds of every configuration, each run paired with a 1-rank run just before it; "
+                             "medians are printed (this VM's speed drifts by tens of percent over minutes)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--params", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -114,7 +114,7 @@ def main():
     n_params = sum(p.numel() for p in models.RVAE((1, 32, 32)).parameters())
     print(f"{args.samples} samples of 32x32, default rVAE ({n_params:,} parameters, {n_params * 4 / 2**20:.1f} MiB "
           f"of gradients), 1 thread per rank, {os.cpu_count()} cores; img/s = median over epochs 2..{args.epochs}, "
-          f"then over {args.repeats} interleaved runs")
+          f"then over {args.repeats} rounds")
     backends = [b for b in args.backends if b != "horovod" or _horovod_built()]
     for backend in backends:
         probe = [str(Path(__file__).resolve()), "--probe", backend, "--params", str(n_params)]
@@ -124,22 +124,30 @@ def main():
     print(f"\n{'batch/rank':>10} {'1 rank':>8} {'backend':8} {'2 ranks':>8} {'ratio':>6} {'2 ranks fp16':>13} "
           f"{'ratio':>6} {'machine limit':>14}")
     for batch in args.batch_sizes:
-        runs = {}
+        def run(config):
+            if config == "limit":
+                return independent_throughput(work / "patches.zarr", args, env, batch)
+            backend, compression = config
+            return train_throughput(backend, 2, work / "patches.zarr", args, env, batch, compression)
+
+        configs = ["limit", *((b, c) for b in backends for c in ("none", "fp16"))]
+        speeds, ratios = {}, {}
         for _ in range(args.repeats):
-            runs.setdefault("limit", []).append(independent_throughput(work / "patches.zarr", args, env, batch))
-            # one reference for every backend: a plain process (a launcher's 1-rank job may pin it to a core)
-            runs.setdefault("one", []).append(train_throughput("none", 1, work / "patches.zarr", args, env, batch))
-            for backend, compression in [(b, c) for b in backends for c in ("none", "fp16")]:
-                runs.setdefault((backend, compression), []).append(
-                    train_throughput(backend, 2, work / "patches.zarr", args, env, batch, compression))
-        median = {key: statistics.median(values) for key, values in runs.items()}
-        one, limit = median["one"], median["limit"]
+            for config in configs:
+                # each run right after its own 1-rank reference: this VM's speed drifts by tens of percent
+                # over minutes, and a ratio of two neighbouring runs sees the same machine
+                one = train_throughput("none", 1, work / "patches.zarr", args, env, batch)
+                speed = run(config)
+                speeds.setdefault("one", []).append(one)
+                speeds.setdefault(config, []).append(speed)
+                ratios.setdefault(config, []).append(speed / one)
+        speed, ratio = ({k: statistics.median(v) for k, v in d.items()} for d in (speeds, ratios))
         for backend in backends:
-            two, half = median[(backend, "none")], median[(backend, "fp16")]
-            print(f"{batch:10d} {one:8.0f} {backend:8} {two:8.0f} {two / one:6.2f} {half:13.0f} {half / one:6.2f} "
-                  f"{limit / one:13.2f}x", flush=True)
-    print("\n1 rank: one plain process (--backend none); machine limit: two of them at once, relative to one "
-          "(no communication)")
+            plain, half = (backend, "none"), (backend, "fp16")
+            print(f"{batch:10d} {speed['one']:8.0f} {backend:8} {speed[plain]:8.0f} {ratio[plain]:6.2f} "
+                  f"{speed[half]:13.0f} {ratio[half]:6.2f} {ratio['limit']:13.2f}x", flush=True)
+    print("\n1 rank: one plain process (--backend none), run before every other run; ratio: median over rounds of "
+          "each run over the 1-rank run just before it; machine limit: two plain processes at once (no communication)")
 
 
 def _horovod_built():
