@@ -146,11 +146,16 @@ def main():
             plain, half = (backend, "none"), (backend, "fp16")
             print(f"{batch:10d} {speed['one']:8.0f} {backend:8} {speed[plain]:8.0f} {ratio[plain]:6.2f} "
                   f"{speed[half]:13.0f} {ratio[half]:6.2f} {ratio['limit']:13.2f}x", flush=True)
-        spread = "; ".join(f"{'/'.join(config) if config != 'limit' else config} "
-                           + " ".join(f"{r:.2f}" for r in values) for config, values in ratios.items())
+        spread = "; ".join(f"{label(config)} " + " ".join(f"{r:.2f}" for r in values)
+                           for config, values in ratios.items())
         print(f"{'':10} ratio in each round: {spread}")
     print("\n1 rank: one plain process (--backend none), run before every other run; ratio: median over rounds of "
           "each run over the 1-rank run just before it; machine limit: two plain processes at once (no communication)")
+
+
+def label(config):
+    """``"limit"``, or a (backend, compression) pair as ``"ddp"`` / ``"ddp fp16"``."""
+    return config if config == "limit" else " ".join(c for c in config if c != "none")
 
 
 def _horovod_built():
