@@ -87,7 +87,8 @@ def test_corrupt_patch_store_chunk_fails_training_in_one_line(tmp_path, stores, 
     shutil.copytree(stores / "p.zarr", tmp_path / "p.zarr")
     for chunk in (p for p in (tmp_path / "p.zarr" / "patches" / "c").rglob("*") if p.is_file()):
         chunk.write_bytes(chunk.read_bytes()[:50] + b"garbage")
-    result = rvae("train", tmp_path / "p.zarr", tmp_path / "m.ckpt", "--epochs", 1, "--batch-size", 16, "--hidden", "32,32")
+    result = rvae("train", tmp_path / "p.zarr", tmp_path / "m.ckpt", "--epochs", 1, "--batch-size", 16,
+                  "--hidden", "32,32")
     assert_one_line_error(result, "cannot read patch store", "p.zarr", "corrupt or truncated")
     assert not (tmp_path / "m.ckpt").exists()
 
