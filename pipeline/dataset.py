@@ -8,6 +8,7 @@ units while the model computes, and the next epoch's first ones while this epoch
 Everything depends only on ``(seed, epoch, rank)``, so a resumed run sees exactly the batches an
 uninterrupted one would.
 """
+import collections
 import queue
 import threading
 
@@ -69,14 +70,15 @@ class ShardedPatchReader:
             ahead = None
         feed = ahead or ShuffleFeed(self, epoch, last_epoch)
         steps = self.steps_per_epoch(epoch)
-        pending, step = np.empty((0, *self.sample_shape), np.float32), 0
+        pieces, held, step = collections.deque(), 0, 0
         try:
             for group in feed:
-                pending = np.concatenate([pending, group]) if len(pending) else group
-                while len(pending) >= self.batch_size and step < steps:
-                    batch, pending = pending[:self.batch_size], pending[self.batch_size:]
+                pieces.append(group)
+                held += len(group)
+                while held >= self.batch_size and step < steps:
+                    batch, held = take(pieces, self.batch_size), held - self.batch_size
                     if step >= start_step:
-                        tensor = torch.from_numpy(np.ascontiguousarray(batch))
+                        tensor = torch.from_numpy(batch)
                         yield tensor.pin_memory() if self.pin_memory else tensor
                     step += 1
                 if step == steps:
@@ -86,9 +88,22 @@ class ShardedPatchReader:
             self._ahead = feed.next
 
 
+def take(pieces, n):
+    """The first ``n`` samples of the arrays queued in ``pieces``, removed from it: a view into one
+    array, or a copy of just those ``n`` where they span two (never a copy of a whole group)."""
+    parts = []
+    while n:
+        head = pieces.popleft()
+        parts.append(head[:n])
+        if len(head) > n:
+            pieces.appendleft(head[n:])
+        n -= len(parts[-1])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class ShuffleFeed:
-    """One epoch of one rank's samples as shuffle groups (``buffer_units`` read units, normalised,
-    concatenated and permuted), made by a background thread at most ``prefetch`` groups ahead.
+    """One epoch of one rank's samples as shuffle groups (``buffer_units`` read units, concatenated,
+    permuted and normalised), made by a background thread at most ``prefetch`` groups ahead.
 
     When the last group is taken and ``epoch < last_epoch``, the next epoch's feed starts
     (``next``): one epoch ahead at most, whatever the number of groups per epoch.
@@ -109,9 +124,11 @@ class ShuffleFeed:
         try:
             with reading(reader.path, "patch store"):
                 for first in firsts:
-                    group = np.concatenate([reader.spec.normalise(reader.array[start:stop])
+                    # shuffled as stored (a uint16 store moves half the bytes), then normalised once
+                    group = np.concatenate([reader.array[start:stop]
                                             for start, stop in units[first:first + reader.buffer_units]])
-                    if not self._put((group[rng.permutation(len(group))], first == firsts[-1])):
+                    group = reader.spec.normalise(group[rng.permutation(len(group))])
+                    if not self._put((group, first == firsts[-1])):
                         return
         except Exception as err:  # raised in the training loop, rather than left to hang it
             self._put((err, True))

@@ -180,3 +180,13 @@ def test_reading_the_next_epoch_ahead_changes_no_batch(small_patches):
         assert len(got) == len(expected) > 0
         assert all(torch.equal(a, b) for a, b in zip(expected, got))
         assert (ahead._ahead.epoch if ahead._ahead else None) == (epoch + 1 if epoch < 3 else None)
+
+
+def test_batches_spanning_shuffle_groups_keep_the_samples_in_order(small_patches):
+    # One read unit (32 samples) per shuffle group and 24 per batch: most batches span two groups.
+    one_by_one, spanning = (ShardedPatchReader(small_patches, batch_size=size, rank=0, world_size=2, seed=SEED,
+                                               buffer_units=1) for size in (1, 24))
+    order = torch.cat(list(one_by_one.batches(1)))
+    batches = list(spanning.batches(1))
+    assert len(batches) == spanning.steps_per_epoch(1) == len(order) // 24 > 1
+    assert torch.equal(torch.cat(batches), order[:24 * len(batches)])
