@@ -101,13 +101,18 @@ def main():
     if args.probe:
         return allreduce_probe(args.probe, args.params)
 
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as work:
+        compare(args, Path(work))
+
+
+def compare(args, work):
+    """Every measurement, on a patch store made in ``work``."""
     import models
     from pipeline.patches import write_patches
     from pipeline.synthetic import write_synthetic
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}",
            "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     write_synthetic(work / "cube.zarr", size=384)
     write_patches(work / "cube.zarr", work / "patches.zarr", mode="grid", window=32, stride=2,
                   max_samples=args.samples, progress=False)
