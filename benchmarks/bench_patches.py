@@ -15,8 +15,11 @@ Then, each in a fresh process:
   machine's limit for anything that rewrites every value;
 
 and prints the ratios to the raw read, and each process's peak RSS, so memory growth with cube
-size is visible (bounded memory means flat RSS). The cubes are read right after they are written,
-so every side reads from the page cache as far as it holds them.
+size is visible (bounded memory means flat RSS). Peak RSS also holds what glibc's allocator keeps
+after it is freed, so both ``rvae patches`` runs are repeated under ``tracemalloc``, whose peak is
+the most the pipeline itself (Python objects and NumPy buffers) held at once: its live heap. The
+cubes are read right after they are written, so every side reads from the page cache as far as it
+holds them.
 
     python benchmarks/bench_patches.py                       # 1, 4 and 8 GiB cubes: ~15 min, ~20 GB disk
     python benchmarks/bench_patches.py --sizes 0.25 1        # a quick look
@@ -31,6 +34,7 @@ from fresh_process import measure, report
 
 GIB = 2**30
 TASKS = ("raw", "bounded", "copy", "full")
+PATCH_TASKS = ("bounded", "full")  # the `rvae patches` runs, whose live heap is also measured
 DETECTOR = 128  # 4D-STEM pattern side
 
 
@@ -65,8 +69,11 @@ def make_cube(path, kind, gib, seed=0):
     return shape
 
 
-def worker(task, cube, out):
-    """Run one measurement in this (fresh) process and print seconds, GiB and peak RSS as JSON."""
+def worker(task, cube, out, traced=False):
+    """Run one measurement in this (fresh) process and print seconds, GiB and peak RSS as JSON;
+    ``traced`` adds the peak of what ``tracemalloc`` saw allocated (slower: time it elsewhere)."""
+    import tracemalloc
+
     import dask.array as da
     import zarr
 
@@ -74,6 +81,8 @@ def worker(task, cube, out):
 
     array = zarr.open_array(f"{cube}/data", mode="r")
     gib = array.nbytes / GIB
+    if traced:
+        tracemalloc.start()
     start = time.perf_counter()
     if task == "raw":
         da.from_zarr(array).sum(dtype=np.float64).compute()
@@ -89,7 +98,8 @@ def worker(task, cube, out):
         max_samples = None if task == "full" else 20000
         write_patches(cube, out, mode=mode, window=32, stride=32, max_samples=max_samples, overwrite=True,
                       progress=False)
-    report(seconds=time.perf_counter() - start, gib=gib)
+    heap = {"heap_gib": tracemalloc.get_traced_memory()[1] / GIB} if traced else {}
+    report(seconds=time.perf_counter() - start, gib=gib, **heap)
 
 
 def main():
@@ -98,9 +108,10 @@ def main():
     parser.add_argument("--kinds", nargs="+", default=["image", "4dstem"], choices=["image", "4dstem"])
     parser.add_argument("--workdir", type=Path, default=Path("bench-patches"))
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(*args.worker)
+        return worker(*args.worker, traced=args.traced)
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -116,25 +127,33 @@ def main():
             for task in TASKS:  # each writes a fresh output: none pays for deleting the last one's
                 shutil.rmtree(out, ignore_errors=True)
                 runs[task] = measure(__file__, task, cube, out)
-            rows.append((kind, gib, runs))
+            heap = {}
+            for task in PATCH_TASKS:
+                shutil.rmtree(out, ignore_errors=True)
+                heap[task] = measure(__file__, task, cube, out, "--traced")["heap_gib"]
+            rows.append((kind, gib, runs, heap))
             print("  " + ", ".join(f"{task} {r['gib'] / r['seconds']:.2f} GiB/s (peak RSS {r['rss_gib']:.2f} GiB)"
-                                   for task, r in runs.items()), flush=True)
+                                   for task, r in runs.items())
+                  + "; live heap " + ", ".join(f"{task} {heap[task]:.2f} GiB" for task in PATCH_TASKS), flush=True)
             shutil.rmtree(cube)
             shutil.rmtree(out, ignore_errors=True)
 
     print(f"\n{'cube':8} {'GiB':>5} {'raw GiB/s':>10} {'bounded':>8} {'/raw':>5} {'copy':>6} {'full':>6} "
-          f"{'/copy':>6} {'peak RSS GiB raw/bounded/copy/full':>35}")
-    for kind, gib, runs in rows:
+          f"{'/copy':>6} {'peak RSS GiB raw/bounded/copy/full':>35} {'live heap GiB bounded/full':>27}")
+    for kind, gib, runs, heap in rows:
         raw, bounded, copy, full = (runs[t]["gib"] / runs[t]["seconds"] for t in TASKS)
         rss = "/".join(f"{runs[t]['rss_gib']:.2f}" for t in TASKS)
+        live = "/".join(f"{heap[t]:.2f}" for t in PATCH_TASKS)
         print(f"{kind:8} {gib:5g} {raw:10.2f} {bounded:8.2f} {bounded / raw:5.2f} {copy:6.2f} {full:6.2f} "
-              f"{full / copy:6.2f} {rss:>35}")
+              f"{full / copy:6.2f} {rss:>35} {live:>27}")
     print("(GiB/s of input; bounded = max_samples 20000, full = every position)")
     for kind in args.kinds:
-        sizes = [runs for k, _, runs in rows if k == kind]
+        sizes = [(runs, heap) for k, _, runs, heap in rows if k == kind]
         if len(sizes) > 1:
-            growth = ", ".join(f"{t} {sizes[-1][t]['rss_gib'] / sizes[0][t]['rss_gib'] - 1:+.0%}" for t in TASKS)
-            print(f"{kind}: peak RSS from {args.sizes[0]:g} to {args.sizes[-1]:g} GiB: {growth}")
+            (first, first_heap), (last, last_heap) = sizes[0], sizes[-1]
+            growth = ", ".join(f"{t} {last[t]['rss_gib'] / first[t]['rss_gib'] - 1:+.0%}" for t in TASKS)
+            live = ", ".join(f"{t} {last_heap[t] / first_heap[t] - 1:+.0%}" for t in PATCH_TASKS)
+            print(f"{kind}: from {args.sizes[0]:g} to {args.sizes[-1]:g} GiB, peak RSS: {growth}; live heap: {live}")
 
 
 if __name__ == "__main__":
