@@ -91,7 +91,7 @@ def worker(task, cube, out, traced=False):
 
         source = da.from_zarr(array)
         target = zarr.create_array(out, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
-                                   compressors=PATCH_CODECS, overwrite=True)
+                                   compressors=PATCH_CODECS, overwrite=True, config={"write_empty_chunks": True})
         da.store(source, target, lock=False)
     else:
         mode = "grid" if array.ndim == 2 else "frames"

@@ -225,5 +225,7 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
     ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units)
     ds.attrs["source"] = str(Path(source).resolve())
     with staged_output(out, overwrite) as staging, reading(source, "source"):
-        compute(ds.to_zarr(staging, zarr_format=3, compute=False), progress=progress)
+        # write_empty_chunks: every chunk is written without zarr first checking it against the fill
+        # value, a pass that costs more than compressing it.
+        compute(ds.to_zarr(staging, zarr_format=3, compute=False, write_empty_chunks=True), progress=progress)
     return ds
