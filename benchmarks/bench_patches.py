@@ -127,32 +127,31 @@ def main():
             for task in TASKS:  # each writes a fresh output: none pays for deleting the last one's
                 shutil.rmtree(out, ignore_errors=True)
                 runs[task] = measure(__file__, task, cube, out)
-            heap = {}
             for task in PATCH_TASKS:
                 shutil.rmtree(out, ignore_errors=True)
-                heap[task] = measure(__file__, task, cube, out, "--traced")["heap_gib"]
-            rows.append((kind, gib, runs, heap))
+                runs[task]["heap_gib"] = measure(__file__, task, cube, out, "--traced")["heap_gib"]
+            rows.append((kind, gib, runs))
             print("  " + ", ".join(f"{task} {r['gib'] / r['seconds']:.2f} GiB/s (peak RSS {r['rss_gib']:.2f} GiB)"
                                    for task, r in runs.items())
-                  + "; live heap " + ", ".join(f"{task} {heap[task]:.2f} GiB" for task in PATCH_TASKS), flush=True)
+                  + "; live heap " + ", ".join(f"{t} {runs[t]['heap_gib']:.2f} GiB" for t in PATCH_TASKS), flush=True)
             shutil.rmtree(cube)
             shutil.rmtree(out, ignore_errors=True)
 
     print(f"\n{'cube':8} {'GiB':>5} {'raw GiB/s':>10} {'bounded':>8} {'/raw':>5} {'copy':>6} {'full':>6} "
           f"{'/copy':>6} {'peak RSS GiB raw/bounded/copy/full':>35} {'live heap GiB bounded/full':>27}")
-    for kind, gib, runs, heap in rows:
+    for kind, gib, runs in rows:
         raw, bounded, copy, full = (runs[t]["gib"] / runs[t]["seconds"] for t in TASKS)
         rss = "/".join(f"{runs[t]['rss_gib']:.2f}" for t in TASKS)
-        live = "/".join(f"{heap[t]:.2f}" for t in PATCH_TASKS)
+        live = "/".join(f"{runs[t]['heap_gib']:.2f}" for t in PATCH_TASKS)
         print(f"{kind:8} {gib:5g} {raw:10.2f} {bounded:8.2f} {bounded / raw:5.2f} {copy:6.2f} {full:6.2f} "
               f"{full / copy:6.2f} {rss:>35} {live:>27}")
     print("(GiB/s of input; bounded = max_samples 20000, full = every position)")
     for kind in args.kinds:
-        sizes = [(runs, heap) for k, _, runs, heap in rows if k == kind]
+        sizes = [runs for k, _, runs in rows if k == kind]
         if len(sizes) > 1:
-            (first, first_heap), (last, last_heap) = sizes[0], sizes[-1]
+            first, last = sizes[0], sizes[-1]
             growth = ", ".join(f"{t} {last[t]['rss_gib'] / first[t]['rss_gib'] - 1:+.0%}" for t in TASKS)
-            live = ", ".join(f"{t} {last_heap[t] / first_heap[t] - 1:+.0%}" for t in PATCH_TASKS)
+            live = ", ".join(f"{t} {last[t]['heap_gib'] / first[t]['heap_gib'] - 1:+.0%}" for t in PATCH_TASKS)
             print(f"{kind}: from {args.sizes[0]:g} to {args.sizes[-1]:g} GiB, peak RSS: {growth}; live heap: {live}")
 
 
