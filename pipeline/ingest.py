@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .compression import cube_codecs
 from .scheduler import compute
 from .stores import check_writable, reading, staged_output
 
@@ -227,5 +228,7 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
     with staged_output(out, overwrite) as staging, reading(source, "source"):
         # write_empty_chunks: every chunk is written without zarr first checking it against the fill
         # value, a pass that costs more than compressing it.
-        compute(ds.to_zarr(staging, zarr_format=3, compute=False, write_empty_chunks=True), progress=progress)
+        encoding = {"data": {"compressors": cube_codecs(ds["data"].dtype)}}
+        compute(ds.to_zarr(staging, zarr_format=3, compute=False, write_empty_chunks=True, encoding=encoding),
+                progress=progress)
     return ds

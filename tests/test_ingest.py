@@ -49,6 +49,17 @@ def test_ingest_4d_hdf5_keeps_signal_axes_whole_and_metadata(tmp_path):
     assert '"voltage_kV": 300' in cube.attrs["original_metadata"]
 
 
+@pytest.mark.parametrize("dtype, codec", [(np.uint16, "BloscCodec"), (np.int32, "BloscCodec"), (np.float32, "ZstdCodec")])
+def test_counts_are_compressed_with_bitshuffle_lz4_and_floats_with_zstd(tmp_path, dtype, codec):
+    data = np.random.default_rng(2).poisson(30, (64, 48)).astype(dtype)
+    ingest(write_source("npy", tmp_path / "counts.npy", data), tmp_path / "cube.zarr", progress=False)
+    (compressor,) = zarr.open_array(str(tmp_path / "cube.zarr" / "data"), mode="r").compressors
+    assert type(compressor).__name__ == codec
+    if codec == "BloscCodec":
+        assert (compressor.cname.value, compressor.shuffle.value) == ("lz4", "bitshuffle")
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cube.zarr")["data"].values, data)
+
+
 def test_chunks_are_about_32_mb_with_signal_axes_whole():
     chunks = cube_chunks(("y", "x", "ky", "kx"), (1024, 1024, 256, 256), 4)
     assert chunks[2:] == (256, 256)
