@@ -43,6 +43,7 @@ def make_cube(path, kind, gib, seed=0):
     import dask.array as da
     import xarray as xr
 
+    from pipeline.compression import cube_codecs
     from pipeline.ingest import cube_chunks
 
     itemsize = 2
@@ -65,7 +66,8 @@ def make_cube(path, kind, gib, seed=0):
 
     data = da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, shape), dtype=np.uint16)
     coords = {d: np.arange(n, dtype=float) for d, n in zip(dims, shape)}
-    xr.Dataset({"data": (dims, data)}, coords=coords).to_zarr(path, zarr_format=3, mode="w")
+    xr.Dataset({"data": (dims, data)}, coords=coords).to_zarr(
+        path, zarr_format=3, mode="w", encoding={"data": {"compressors": cube_codecs(np.uint16)}})
     return shape
 
 
@@ -78,26 +80,29 @@ def worker(task, cube, out, traced=False):
     import zarr
 
     from pipeline.patches import write_patches
+    from pipeline.scheduler import dask_scheduler
 
-    array = zarr.open_array(f"{cube}/data", mode="r")
-    gib = array.nbytes / GIB
-    if traced:
-        tracemalloc.start()
-    start = time.perf_counter()
-    if task == "raw":
-        da.from_zarr(array).sum(dtype=np.float64).compute()
-    elif task == "copy":
-        from pipeline.patches import PATCH_CODECS
+    with dask_scheduler("threads"):  # as `rvae patches --dask threads` sets up the process
+        array = zarr.open_array(f"{cube}/data", mode="r")
+        gib = array.nbytes / GIB
+        if traced:
+            tracemalloc.start()
+        start = time.perf_counter()
+        if task == "raw":
+            da.from_zarr(array).sum(dtype=np.float64).compute()
+        elif task == "copy":
+            from pipeline.compression import patch_codecs
 
-        source = da.from_zarr(array)
-        target = zarr.create_array(out, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
-                                   compressors=PATCH_CODECS, overwrite=True, config={"write_empty_chunks": True})
-        da.store(source, target, lock=False)
-    else:
-        mode = "grid" if array.ndim == 2 else "frames"
-        max_samples = None if task == "full" else 20000
-        write_patches(cube, out, mode=mode, window=32, stride=32, max_samples=max_samples, overwrite=True,
-                      progress=False)
+            source = da.from_zarr(array)
+            target = zarr.create_array(out, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
+                                       compressors=patch_codecs(array.dtype), overwrite=True,
+                                       config={"write_empty_chunks": True})
+            da.store(source, target, lock=False)
+        else:
+            mode = "grid" if array.ndim == 2 else "frames"
+            max_samples = None if task == "full" else 20000
+            write_patches(cube, out, mode=mode, window=32, stride=32, max_samples=max_samples, overwrite=True,
+                          progress=False)
     heap = {"heap_gib": tracemalloc.get_traced_memory()[1] / GIB} if traced else {}
     report(seconds=time.perf_counter() - start, gib=gib, **heap)
 

@@ -19,6 +19,8 @@ def dask_scheduler(kind="local"):
     """Run the enclosed Dask work on ``kind``; yields the ``distributed.Client`` (None for threads)."""
     if kind not in SCHEDULERS:
         raise ValueError(f"--dask {kind!r} is not one of {', '.join(SCHEDULERS)}")
+    if kind != "mpi":
+        match_zarr_pool(os.cpu_count())
     if kind == "threads":
         yield None
         return
@@ -49,9 +51,25 @@ def dask_scheduler(kind="local"):
                          "launch with srun -n 3 or mpirun -n 3 or more")
     # Scheduler and workers log their shutdown at length; task errors still reach the client.
     logging.getLogger("distributed").setLevel(logging.ERROR if MPI.COMM_WORLD.Get_rank() == 1 else logging.CRITICAL)
-    dask_mpi.initialize(nthreads=int(os.environ.get("SLURM_CPUS_PER_TASK", 1)), dashboard=False)
+    threads = int(os.environ.get("SLURM_CPUS_PER_TASK", 1))
+    match_zarr_pool(threads)  # every rank: the worker ranks run inside initialize()
+    dask_mpi.initialize(nthreads=threads, dashboard=False)
     with Client() as client:  # only the client rank gets here; dask-mpi set its scheduler address
         yield client
+
+
+def match_zarr_pool(threads):
+    """Give zarr's thread pool, which decodes and encodes chunks while a Dask thread waits on it,
+    as many threads as Dask has.
+
+    Its default (CPUs + 4) only adds threads, and each keeps a malloc arena that holds on to freed
+    chunk buffers: a bounded stack from an 8 GiB cube peaked at 0.55-0.59 GiB of RSS with the
+    default, 0.45-0.46 GiB with this, on 2 cores. zarr starts its pool on first use, so this
+    counts only before the process's first chunk read or write.
+    """
+    import zarr
+
+    zarr.config.set({"threading.max_workers": threads})
 
 
 def compute(*collections, progress=True):

@@ -51,3 +51,19 @@ def test_dask_mpi_with_too_few_ranks_is_one_line(lattice_cube, tmp_path):
     assert result.returncode != 0
     assert "needs at least 3 ranks" in result.stderr
     assert not (tmp_path / "p.zarr").exists()
+
+
+@pytest.mark.parametrize("kind", ["threads", "local"])
+def test_zarr_decodes_in_as_many_threads_as_dask_runs(kind, tmp_path):
+    # A fresh interpreter: zarr sizes its pool once, on a process's first chunk read.
+    script = f"""
+import os, numpy as np, zarr, zarr.core.sync
+from pipeline.scheduler import dask_scheduler
+with dask_scheduler({kind!r}):
+    zarr.create_array({str(tmp_path / "a.zarr")!r}, data=np.arange(10))[:]
+    print(zarr.core.sync._get_executor()._max_workers, os.cpu_count())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    pool, cpus = result.stdout.split()
+    assert pool == cpus
