@@ -248,8 +248,9 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
         centres = da.store([ds[name].data for name in coords], [target(name) for name in coords],
                            lock=False, compute=False)
         with reading(cube_path):
-            lo, hi, finite, _ = compute(stored.min(), stored.max(), da.isfinite(stored).all(), centres,
-                                        progress=progress)
+            # integers are always finite: no pass over them to say so
+            finite = da.isfinite(stored).all() if stored.dtype.kind == "f" else True
+            lo, hi, finite, _ = compute(stored.min(), stored.max(), finite, centres, progress=progress)
         if not finite:
             raise ValueError(f"cube {str(cube_path)!r} contains NaN or Inf values where samples are cut; "
                              f"clean or mask them before extracting patches")
