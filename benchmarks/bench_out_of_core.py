@@ -34,12 +34,14 @@ def write_source(path, gib, seed=0):
 def worker(stage, source, out):
     from pipeline.ingest import ingest
     from pipeline.patches import write_patches
+    from pipeline.scheduler import dask_scheduler
 
     start = time.perf_counter()
-    if stage == "ingest":
-        ingest(source, out, progress=False)
-    else:
-        write_patches(source, out, mode="grid", window=32, progress=False)
+    with dask_scheduler("threads"):  # as `rvae ingest/patches --dask threads` sets up the process
+        if stage == "ingest":
+            ingest(source, out, progress=False)
+        else:
+            write_patches(source, out, mode="grid", window=32, progress=False)
     report(seconds=time.perf_counter() - start)
 
 
