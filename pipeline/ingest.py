@@ -52,7 +52,11 @@ class _NpyFile:
 
 
 def read_npy(path, dataset=None):
-    return Source(da.from_array(_NpyFile(path), chunks="auto"))
+    npy = _NpyFile(path)
+    # Dask's automatic chunks (128 MiB) are 4 cube chunks: each would be held until all 4 pieces
+    # had been written. Capped at a cube chunk, the rechunk only ever merges pieces.
+    return Source(da.from_array(npy, chunks=da.core.normalize_chunks("auto", npy.shape, limit=CHUNK_BYTES,
+                                                                    dtype=npy.dtype)))
 
 
 def read_tiff(path, dataset=None):

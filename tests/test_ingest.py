@@ -8,7 +8,7 @@ import tifffile
 import xarray as xr
 import zarr
 
-from pipeline.ingest import cube_chunks, ingest
+from pipeline.ingest import CHUNK_BYTES, cube_chunks, ingest, read_npy
 
 
 def write_source(kind, path, data):
@@ -58,6 +58,14 @@ def test_counts_are_compressed_with_bitshuffle_lz4_and_floats_with_zstd(tmp_path
     if codec == "BloscCodec":
         assert (compressor.cname.value, compressor.shuffle.value) == ("lz4", "bitshuffle")
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cube.zarr")["data"].values, data)
+
+
+def test_a_large_npy_is_read_in_pieces_no_larger_than_a_cube_chunk(tmp_path):
+    # 8 GiB on paper, a sparse file on disk: nothing is read
+    np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint16, shape=(65536, 65536))
+    data = read_npy(tmp_path / "big.npy").data
+    assert max(data.chunks[0]) * max(data.chunks[1]) * 2 <= CHUNK_BYTES
+    assert data.rechunk(cube_chunks(("y", "x"), data.shape, 2)).chunks == data.chunks  # nothing to rechunk
 
 
 def test_chunks_are_about_32_mb_with_signal_axes_whole():
