@@ -67,3 +67,21 @@ with dask_scheduler({kind!r}):
     assert result.returncode == 0, result.stderr
     pool, cpus = result.stdout.split()
     assert pool == cpus
+
+
+def test_the_threaded_scheduler_runs_a_stage_without_importing_distributed(lattice_cube, tmp_path):
+    # distributed costs ~0.5 s to import: the threaded path must not pay it (Dask's lookup of a named
+    # scheduler, its choice of rechunk method and our client check would each import it).
+    script = f"""
+import sys
+from pipeline.patches import write_patches
+from pipeline.scheduler import dask_scheduler
+with dask_scheduler("threads"):
+    write_patches({str(lattice_cube)!r}, {str(tmp_path / "p.zarr")!r}, mode="grid", window=32, max_samples=None,
+                  progress=False)
+print("distributed" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+    assert xr.open_zarr(tmp_path / "p.zarr")["patches"].shape[0] > 0
