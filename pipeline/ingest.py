@@ -8,6 +8,7 @@ and writes ``data`` chunked at ~32 MB with signal axes whole.
 """
 import importlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,19 +37,45 @@ class Source:
 
 
 class _NpyFile:
-    """An ``.npy`` file, memory-mapped afresh on each read.
+    """An ``.npy`` file read piece by piece with positioned reads.
 
     ``dask.array.from_array`` copies arrays it is given (a memory map included: the whole file
     into memory); an object with only shape, dtype and ``__getitem__`` is read chunk by chunk.
+    Reads go through ``os.preadv`` into the piece's own buffer, not through a memory map, whose
+    touched file pages count as this process's memory (0.50 of a 0.67 GiB peak ingesting 4 GiB).
     """
 
     def __init__(self, path):
         self.path = path
         mapped = np.load(path, mmap_mode="r")
         self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
+        self.offset, self.c_order = mapped.offset, mapped.flags.c_contiguous
 
     def __getitem__(self, key):
-        return np.array(np.load(self.path, mmap_mode="r")[key])
+        key = key if isinstance(key, tuple) else (key,)
+        plain = len(key) == self.ndim and all(isinstance(k, slice) and k.step in (None, 1) for k in key)
+        if not (plain and self.c_order):  # anything else, rare, through a memory map
+            return np.array(np.load(self.path, mmap_mode="r")[key])
+        ranges = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
+        out = np.empty([stop - start for start, stop in ranges], self.dtype)
+        if out.size == 0:
+            return out
+        # Axes read whole at the end, with the one before them, are contiguous runs in the file.
+        first = self.ndim - 1
+        while first > 0 and ranges[first] == (0, self.shape[first]):
+            first -= 1
+        strides = [int(np.prod(self.shape[i + 1:], dtype=np.int64)) * self.dtype.itemsize for i in range(self.ndim)]
+        runs = out.reshape(-1, int(np.prod(out.shape[first:], dtype=np.int64)))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for run, index in zip(runs, np.ndindex(*out.shape[:first])):
+                position = self.offset + sum((start + i) * stride for (start, _), i, stride
+                                              in zip(ranges, (*index, 0), strides))
+                if os.preadv(fd, [run], position) != run.nbytes:
+                    raise ValueError(f"{self.path} is truncated: it ends before the data its header describes")
+        finally:
+            os.close(fd)
+        return out
 
 
 def read_npy(path, dataset=None):

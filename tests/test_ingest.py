@@ -8,7 +8,7 @@ import tifffile
 import xarray as xr
 import zarr
 
-from pipeline.ingest import CHUNK_BYTES, cube_chunks, ingest, read_npy
+from pipeline.ingest import CHUNK_BYTES, _NpyFile, cube_chunks, ingest, read_npy
 
 
 def write_source(kind, path, data):
@@ -66,6 +66,20 @@ def test_a_large_npy_is_read_in_pieces_no_larger_than_a_cube_chunk(tmp_path):
     data = read_npy(tmp_path / "big.npy").data
     assert max(data.chunks[0]) * max(data.chunks[1]) * 2 <= CHUNK_BYTES
     assert data.rechunk(cube_chunks(("y", "x"), data.shape, 2)).chunks == data.chunks  # nothing to rechunk
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (5, 7, 9, 11)])
+def test_npy_pieces_read_by_position_match_numpy(tmp_path, shape):
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 60000, shape).astype(np.uint16)
+    np.save(tmp_path / "a.npy", data)
+    npy = _NpyFile(tmp_path / "a.npy")
+    keys = [tuple(slice(0, n) for n in shape), tuple(slice(1, n) for n in shape)]  # whole; one long run each row
+    keys += [tuple(slice(*sorted(rng.integers(0, n + 1, 2))) for n in shape) for _ in range(50)]
+    for key in keys:
+        np.testing.assert_array_equal(npy[key], data[key])
+    np.save(tmp_path / "f.npy", np.asfortranarray(data))  # not C order: read through a memory map
+    np.testing.assert_array_equal(_NpyFile(tmp_path / "f.npy")[1:3, 2:4], data[1:3, 2:4])
 
 
 def test_chunks_are_about_32_mb_with_signal_axes_whole():
