@@ -199,10 +199,8 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
         samples = positions[chosen].astype(float)
     blocks = (grid_blocks if isinstance(samples, ScanGrid) else point_blocks)(samples, cube.data.chunks,
                                                                             spec.window, chunk)
-    # Merging neighbouring blocks: a task graph on any scheduler (naming the method also spares
-    # Dask importing distributed, ~0.5 s, to ask whether a cluster could shuffle it instead).
-    raw = sample_blocks(spec, cube, blocks).rechunk((chunk, -1, -1, -1), method="tasks")
-    centres = sample_centres(blocks).rechunk((COORD_CHUNK, 2), method="tasks")
+    raw = sample_blocks(spec, cube, blocks).rechunk((chunk, -1, -1, -1))
+    centres = sample_centres(blocks).rechunk((COORD_CHUNK, 2))
 
     def physical(dim, px):
         return px.map_blocks(to_physical, cube[dim].values, dtype=float)

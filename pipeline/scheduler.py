@@ -26,8 +26,9 @@ def dask_scheduler(kind="local"):
         import dask
         import dask.threaded
 
-        # As a callable: naming it "threads" makes Dask import distributed (~0.5 s) to look for a client.
-        with dask.config.set(scheduler=dask.threaded.get):
+        # Without a cluster Dask still imports distributed (~0.5 s) to look for a client: when the
+        # scheduler is named rather than given as a callable, and when it chooses a rechunk method.
+        with dask.config.set({"scheduler": dask.threaded.get, "array.rechunk.method": "tasks"}):
             yield None
         return
     from distributed import Client, LocalCluster
