@@ -42,14 +42,14 @@ class _NpyFile:
     ``dask.array.from_array`` copies arrays it is given (a memory map included: the whole file
     into memory); an object with only shape, dtype and ``__getitem__`` is read chunk by chunk.
     Reads go through ``os.preadv`` into the piece's own buffer, not through a memory map, whose
-    touched file pages count as this process's memory (0.50 of a 0.67 GiB peak ingesting 4 GiB).
+    touched file pages count as this process's memory (0.57 of a 0.74 GiB peak ingesting 4 GiB).
     """
 
     def __init__(self, path):
         self.path = path
         mapped = np.load(path, mmap_mode="r")
         self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
-        self.offset, self.c_order = mapped.offset, mapped.flags.c_contiguous
+        self.offset, self.strides, self.c_order = mapped.offset, mapped.strides, mapped.flags.c_contiguous
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -64,14 +64,15 @@ class _NpyFile:
         first = self.ndim - 1
         while first > 0 and ranges[first] == (0, self.shape[first]):
             first -= 1
-        strides = [int(np.prod(self.shape[i + 1:], dtype=np.int64)) * self.dtype.itemsize for i in range(self.ndim)]
         runs = out.reshape(-1, int(np.prod(out.shape[first:], dtype=np.int64)))
-        positions = [self.offset + sum((start + i) * stride for (start, _), i, stride in zip(ranges, (*index, 0), strides))
+        starts = [start for start, _ in ranges]
+        positions = [self.offset + sum((start + i) * stride
+                                       for start, i, stride in zip(starts, (*index, 0), self.strides))
                      for index in np.ndindex(*out.shape[:first])]
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for position in positions:  # ask for every run at once: the disk serves them in parallel
-                os.posix_fadvise(fd, position, runs.shape[1] * self.dtype.itemsize, os.POSIX_FADV_WILLNEED)
+                os.posix_fadvise(fd, position, runs[0].nbytes, os.POSIX_FADV_WILLNEED)
             for run, position in zip(runs, positions):
                 if os.preadv(fd, [run], position) != run.nbytes:
                     raise ValueError(f"{self.path} is truncated: it ends before the data its header describes")
