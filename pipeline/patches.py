@@ -224,6 +224,15 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
                **spec.to_attrs()})
 
 
+def store_block(samples, target, block_info=None):
+    """Write a block of samples to its rows of the ``target`` store; return its ``[[min, max,
+    finite]]`` (integers are always finite: no pass over them to say so)."""
+    (start, stop), *_ = block_info[0]["array-location"]
+    target[start:stop] = samples
+    finite = np.isfinite(samples).all() if samples.dtype.kind == "f" else True
+    return np.array([[samples.min(), samples.max(), finite]], dtype=float)
+
+
 def write_patches(cube_path, out_path, *, variable="data", overwrite=False, progress=True, **options):
     """``rvae patches``: extract and write the patch store in one pass over the cube; returns the store."""
     cube = open_cube(cube_path, variable)
@@ -241,16 +250,17 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
             # costs more than compressing it (315 vs 825 MiB/s per thread for LZ4 frames).
             return zarr.open_array(str(staging / name), mode="r+").with_config({"write_empty_chunks": True})
 
-        # Store the samples with Dask directly and reduce what was stored: one graph, so each block
-        # is cut once. (xarray's deferred write optimises its own copy of the graph, which would
-        # cut every block a second time for the statistics.)
-        stored = da.store(ds["patches"].data, target("patches"), lock=False, compute=False, return_stored=True)
+        # Each task stores its block of samples and returns the block's range: one pass, each block
+        # cut once and never read back. (xarray's deferred write optimises its own copy of the graph,
+        # which would cut every block a second time; Dask's `return_stored` reloads what it stored.)
+        samples = ds["patches"].data
+        ranges = samples.map_blocks(store_block, target=target("patches"), dtype=float, drop_axis=[2, 3],
+                                    chunks=((1,) * samples.numblocks[0], (3,)))
         centres = da.store([ds[name].data for name in coords], [target(name) for name in coords],
                            lock=False, compute=False)
         with reading(cube_path):
-            # integers are always finite: no pass over them to say so
-            finite = da.isfinite(stored).all() if stored.dtype.kind == "f" else True
-            lo, hi, finite, _ = compute(stored.min(), stored.max(), finite, centres, progress=progress)
+            lo, hi, finite, _ = compute(ranges[:, 0].min(), ranges[:, 1].max(), ranges[:, 2].all(), centres,
+                                        progress=progress)
         if not finite:
             raise ValueError(f"cube {str(cube_path)!r} contains NaN or Inf values where samples are cut; "
                              f"clean or mask them before extracting patches")
