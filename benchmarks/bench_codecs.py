@@ -28,7 +28,7 @@ def arrays():
     real = [("EDS spectrum image (bcf)", "bcf_v2_50x50px.bcf", "EDX"), ("ADF image (hdf5)", "test_ADF_cropped.hdf5", None)]
     for name, file, dataset in real:
         if (TEST_DATA / file).exists():
-            found[name] = read_source(TEST_DATA / file, dataset).data.compute()
+            found[name] = read_source(TEST_DATA / file, dataset).to_dask("auto").compute()
         else:
             print(f"skipping {name}: {TEST_DATA / file} not found (make testdata)")
     rng = np.random.default_rng(0)

@@ -53,7 +53,7 @@ def make_cube(path, kind, gib, seed=0):
     else:
         side = int(np.sqrt(gib * GIB / itemsize / DETECTOR**2))
         dims, shape = ("y", "x", "ky", "kx"), (side, side, DETECTOR, DETECTOR)
-    chunks = cube_chunks(dims, shape, itemsize)
+    chunks = cube_chunks(dims, shape, np.uint16)
     rng = np.random.default_rng(seed)
     # One block of Poisson counts on a smooth background, rolled per chunk: realistic entropy for the
     # codec, cheap to make at any size.

@@ -30,10 +30,27 @@ DIMS_BY_AXES = {(0, 2): ("y", "x"), (1, 2): ("frame", "y", "x"), (2, 1): ("y", "
 
 @dataclass
 class Source:
-    """What a reader found: the lazy array, the file's metadata, and per-axis calibration if any."""
-    data: da.Array
+    """What a reader found: the data, the file's metadata, and per-axis calibration if any.
+
+    ``data`` is a Dask array (formats read through Dask: zarr, tiff, rosettasciio's) or, for files
+    read by position (npy, hdf5), an array with ``shape``, ``dtype`` and ``__getitem__`` that
+    :meth:`to_dask` reads straight in the cube's chunks.
+    """
+    data: object
     metadata: dict = field(default_factory=dict)
     axes: list = field(default_factory=list)  # per array axis: {"dim", "scale", "offset", "units"}
+
+    @property
+    def file_chunks(self):
+        """The shape of the file's own chunks, or None (contiguous): what a cube chunk should be made of."""
+        return self.data.chunksize if isinstance(self.data, da.Array) else getattr(self.data, "chunks", None)
+
+    def to_dask(self, chunks):
+        """The data as a Dask array in ``chunks``. A file read by position is read in exactly those
+        pieces: nothing is read twice, merged or held back for a rechunk."""
+        if isinstance(self.data, da.Array):
+            return self.data.rechunk(chunks)
+        return da.from_array(self.data, chunks=chunks)
 
 
 class _NpyFile:
@@ -82,11 +99,7 @@ class _NpyFile:
 
 
 def read_npy(path, dataset=None):
-    npy = _NpyFile(path)
-    # Dask's automatic chunks (128 MiB) are 4 cube chunks: each would be held until all 4 pieces
-    # had been written. Capped at a cube chunk, the rechunk only ever merges pieces.
-    return Source(da.from_array(npy, chunks=da.core.normalize_chunks("auto", npy.shape, limit=CHUNK_BYTES,
-                                                                    dtype=npy.dtype)))
+    return Source(_NpyFile(path))
 
 
 def read_tiff(path, dataset=None):
@@ -111,7 +124,7 @@ def read_hdf5(path, dataset=None):
     name = _choose(arrays, dataset, path, "dataset")
     dset = f[name]
     meta = {k: _jsonable(v) for k, v in dset.attrs.items()}
-    return Source(da.from_array(dset, chunks=dset.chunks or "auto"), {"dataset": name, **meta})
+    return Source(dset, {"dataset": name, **meta})
 
 
 def read_zarr(path, dataset=None):
@@ -229,7 +242,7 @@ def label(source, *, dims=None, pixel_size=None, units=None):
     if not {"y", "x"} <= set(dims):
         raise ValueError(f"--dims must include the scan axes 'y' and 'x', got {','.join(dims)}")
     coords = {dim: _coordinate(dim, n, axis, pixel_size, units) for dim, n, axis in zip(dims, array.shape, calibration)}
-    data = array.rechunk(cube_chunks(dims, array.shape, array.dtype.itemsize))
+    data = source.to_dask(cube_chunks(dims, array.shape, array.dtype, source.file_chunks))
     attrs = {"original_metadata": json.dumps(source.metadata, default=str)}
     return xr.Dataset({"data": (dims, data, {"long_name": "signal"})}, coords=coords, attrs=attrs)
 
@@ -245,12 +258,14 @@ def _coordinate(dim, n, axis, pixel_size, units):
     return (dim, offset + np.arange(n) * scale, {"units": unit, "long_name": axis.get("name") or dim})
 
 
-def cube_chunks(dims, shape, itemsize):
-    """Chunks of about ``CHUNK_BYTES`` with signal axes whole, spread evenly over the scan axes."""
-    signal = int(np.prod([n for d, n in zip(dims, shape) if d in SIGNAL_DIMS])) * itemsize
-    scan = [d for d in dims if d not in SIGNAL_DIMS]
-    side = max(1, int((CHUNK_BYTES / signal) ** (1 / len(scan))))
-    return tuple(n if d in SIGNAL_DIMS else min(n, side) for d, n in zip(dims, shape))
+def cube_chunks(dims, shape, dtype, file_chunks=None):
+    """Chunks of at most ``CHUNK_BYTES`` with signal axes whole, spread evenly over the scan axes
+    and, where the source file has chunks of its own, whole multiples of them (a file chunk cut
+    between two cube chunks would be read and decompressed twice)."""
+    wanted = tuple(-1 if d in SIGNAL_DIMS else "auto" for d in dims)
+    chunks = da.core.normalize_chunks(wanted, shape, limit=CHUNK_BYTES, dtype=np.dtype(dtype),
+                                      previous_chunks=file_chunks)
+    return tuple(c[0] for c in chunks)
 
 
 def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, overwrite=False, progress=True):

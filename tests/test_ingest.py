@@ -8,7 +8,7 @@ import tifffile
 import xarray as xr
 import zarr
 
-from pipeline.ingest import CHUNK_BYTES, _NpyFile, cube_chunks, ingest, read_npy
+from pipeline.ingest import CHUNK_BYTES, _NpyFile, cube_chunks, ingest, label, read_npy, read_source
 
 
 def write_source(kind, path, data):
@@ -60,12 +60,29 @@ def test_counts_are_compressed_with_bitshuffle_lz4_and_floats_with_zstd(tmp_path
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cube.zarr")["data"].values, data)
 
 
-def test_a_large_npy_is_read_in_pieces_no_larger_than_a_cube_chunk(tmp_path):
+def read_tasks_only(data):
+    """Whether the cube's graph is only reads: no rechunk merging or splitting pieces."""
+    return not any(name.startswith("rechunk") for name in data.dask.layers)
+
+
+@pytest.mark.parametrize("shape", [(65536, 65536), (512, 512, 128, 128)])
+def test_a_large_npy_is_read_straight_in_cube_chunks(tmp_path, shape):
     # 8 GiB on paper, a sparse file on disk: nothing is read
-    np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint16, shape=(65536, 65536))
-    data = read_npy(tmp_path / "big.npy").data
-    assert max(data.chunks[0]) * max(data.chunks[1]) * 2 <= CHUNK_BYTES
-    assert data.rechunk(cube_chunks(("y", "x"), data.shape, 2)).chunks == data.chunks  # nothing to rechunk
+    np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint16, shape=shape)
+    data = label(read_npy(tmp_path / "big.npy"))["data"].data
+    assert np.prod(data.chunksize) * 2 <= CHUNK_BYTES
+    assert data.chunksize[2:] == shape[2:]  # whole frames: each read is runs of whole frames
+    assert read_tasks_only(data)
+
+
+def test_hdf5_is_read_in_whole_multiples_of_its_own_chunks(tmp_path):
+    # a detector's layout, a few frames per chunk: 5.6 GB on paper, no chunk written
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f.create_dataset("entry/data/data", shape=(300, 300, 128, 128), dtype=np.uint16, chunks=(3, 5, 128, 128))
+    data = label(read_source(tmp_path / "scan.h5"))["data"].data
+    assert CHUNK_BYTES / 2 < np.prod(data.chunksize) * 2 <= CHUNK_BYTES  # 64 file chunks or more a read
+    assert all(c % f == 0 for c, f in zip(data.chunksize, (3, 5, 128, 128)))
+    assert read_tasks_only(data)
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (5, 7, 9, 11)])
@@ -83,7 +100,7 @@ def test_npy_pieces_read_by_position_match_numpy(tmp_path, shape):
 
 
 def test_chunks_are_about_32_mb_with_signal_axes_whole():
-    chunks = cube_chunks(("y", "x", "ky", "kx"), (1024, 1024, 256, 256), 4)
+    chunks = cube_chunks(("y", "x", "ky", "kx"), (1024, 1024, 256, 256), np.float32)
     assert chunks[2:] == (256, 256)
     size = np.prod(chunks) * 4
     assert 1e6 < size <= 100e6
