@@ -114,6 +114,8 @@ def read_tiff(path, dataset=None):
 
 def read_hdf5(path, dataset=None):
     import h5py
+    # registers the filters detector files are compressed with (Bitshuffle-LZ4, Blosc, Zstd, ...)
+    import hdf5plugin  # noqa: F401
 
     f = h5py.File(path, "r")  # stays open while Dask reads it
     if f.attrs.get("file_format") == "HyperSpy":

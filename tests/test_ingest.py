@@ -85,6 +85,19 @@ def test_hdf5_is_read_in_whole_multiples_of_its_own_chunks(tmp_path):
     assert read_tasks_only(data)
 
 
+@pytest.mark.parametrize("compression", ["Bitshuffle", "Blosc", "Zstd"])
+def test_detector_hdf5_with_plugin_compression_ingests(tmp_path, rvae, compression):
+    import hdf5plugin
+
+    data = np.random.default_rng(4).poisson(20, (6, 7, 32, 32)).astype(np.uint16)
+    with h5py.File(tmp_path / "scan.h5", "w") as f:  # as Dectris detectors write them (Bitshuffle-LZ4)
+        f.create_dataset("entry/data/data", data=data, chunks=(1, 1, 32, 32), **getattr(hdf5plugin, compression)())
+    # a fresh interpreter: the reader must register the filter itself, this test's import does not count
+    made = rvae("ingest", tmp_path / "scan.h5", tmp_path / "cube.zarr")
+    assert made.returncode == 0, made.stderr
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cube.zarr")["data"].values, data)
+
+
 @pytest.mark.parametrize("shape", [(37, 53), (5, 7, 9, 11)])
 def test_npy_pieces_read_by_position_match_numpy(tmp_path, shape):
     rng = np.random.default_rng(3)
