@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import dask.array as da
@@ -53,26 +54,29 @@ class Source:
         return da.from_array(self.data, chunks=chunks)
 
 
-class _NpyFile:
-    """An ``.npy`` file read piece by piece with positioned reads.
+class _MappedFile:
+    """Uncompressed data lying in one run of a file (``.npy``, contiguous TIFF), read piece by
+    piece with positioned reads.
 
-    ``dask.array.from_array`` copies arrays it is given (a memory map included: the whole file
-    into memory); an object with only shape, dtype and ``__getitem__`` is read chunk by chunk.
-    Reads go through ``os.preadv`` into the piece's own buffer, not through a memory map, whose
-    touched file pages count as this process's memory (0.57 of a 0.74 GiB peak ingesting 4 GiB).
+    ``open_map()`` gives the file as a read-only NumPy memory map: its layout, and a way to read
+    keys other than plain slices. ``dask.array.from_array`` copies arrays it is given (a memory
+    map included: the whole file into memory); an object with only shape, dtype and
+    ``__getitem__`` is read chunk by chunk. Reads go through ``os.preadv`` into the piece's own
+    buffer, not through the memory map, whose touched file pages count as this process's memory
+    (0.57 of a 0.74 GiB peak ingesting a 4 GiB ``.npy``).
     """
 
-    def __init__(self, path):
-        self.path = path
-        mapped = np.load(path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
+    def __init__(self, open_map, chunks=None):
+        self.open_map, self.chunks = open_map, chunks  # chunks: the file's natural unit (a TIFF page), if any
+        mapped = open_map()
+        self.path, self.shape, self.dtype, self.ndim = mapped.filename, mapped.shape, mapped.dtype, mapped.ndim
         self.offset, self.strides, self.c_order = mapped.offset, mapped.strides, mapped.flags.c_contiguous
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
         plain = len(key) == self.ndim and all(isinstance(k, slice) and k.step in (None, 1) for k in key)
-        if not (plain and self.c_order):  # anything else, rare, through a memory map
-            return np.array(np.load(self.path, mmap_mode="r")[key])
+        if not (plain and self.c_order):  # anything else, rare, through the memory map
+            return np.array(self.open_map()[key])
         ranges = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
         out = np.empty([stop - start for start, stop in ranges], self.dtype)
         if out.size == 0:
@@ -99,17 +103,21 @@ class _NpyFile:
 
 
 def read_npy(path, dataset=None):
-    return Source(_NpyFile(path))
+    return Source(_MappedFile(partial(np.load, path, mmap_mode="r")))
 
 
 def read_tiff(path, dataset=None):
     import tifffile
     import zarr
 
-    store = tifffile.imread(path, aszarr=True)
     with tifffile.TiffFile(path) as tif:
         meta = {tag.name: str(tag.value)[:200] for tag in tif.pages[0].tags.values()}
-    return Source(da.from_zarr(zarr.open(store, mode="r")), meta)
+        series = tif.series[0]
+        contiguous = series.dataoffset is not None
+        page = (1,) * (len(series.shape) - len(series.keyframe.shape)) + series.keyframe.shape
+    if contiguous:  # uncompressed in one run, often as one strip: the whole image would be one chunk
+        return Source(_MappedFile(partial(tifffile.memmap, path, mode="r"), chunks=page), meta)
+    return Source(da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r")), meta)
 
 
 def read_hdf5(path, dataset=None):

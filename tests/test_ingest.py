@@ -1,4 +1,5 @@
 import os
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -8,7 +9,7 @@ import tifffile
 import xarray as xr
 import zarr
 
-from pipeline.ingest import CHUNK_BYTES, _NpyFile, cube_chunks, ingest, label, read_npy, read_source
+from pipeline.ingest import CHUNK_BYTES, _MappedFile, cube_chunks, ingest, label, read_source
 
 
 def write_source(kind, path, data):
@@ -65,13 +66,25 @@ def read_tasks_only(data):
     return not any(name.startswith("rechunk") for name in data.dask.layers)
 
 
+@pytest.mark.parametrize("kind", ["npy", "tif"])
 @pytest.mark.parametrize("shape", [(65536, 65536), (512, 512, 128, 128)])
-def test_a_large_npy_is_read_straight_in_cube_chunks(tmp_path, shape):
-    # 8 GiB on paper, a sparse file on disk: nothing is read
-    np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint16, shape=shape)
-    data = label(read_npy(tmp_path / "big.npy"))["data"].data
+def test_a_large_uncompressed_file_is_read_straight_in_cube_chunks(tmp_path, shape, kind):
+    # 8 GiB on paper, a sparse file on disk: nothing is read. The TIFF is one strip: its own
+    # chunking (through tifffile's zarr store) would be a single 8 GiB chunk.
+    if kind == "npy":
+        np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint16, shape=shape)
+    else:
+        tifffile.memmap(tmp_path / "big.tif", shape=shape, dtype=np.uint16)  # writes the header, maps the rest
+    data = label(read_source(tmp_path / f"big.{kind}"))["data"].data
     assert np.prod(data.chunksize) * 2 <= CHUNK_BYTES
     assert data.chunksize[2:] == shape[2:]  # whole frames: each read is runs of whole frames
+    assert read_tasks_only(data)
+
+
+def test_a_tiff_stack_is_read_in_whole_pages(tmp_path):
+    tifffile.memmap(tmp_path / "stack.tif", shape=(512, 2048, 2048), dtype=np.uint16)  # 4 GiB, sparse
+    data = label(read_source(tmp_path / "stack.tif"), dims=("frame", "y", "x"))["data"].data
+    assert data.chunksize[1:] == (2048, 2048)  # whole frames: each read is one run of the file
     assert read_tasks_only(data)
 
 
@@ -99,17 +112,19 @@ def test_detector_hdf5_with_plugin_compression_ingests(tmp_path, rvae, compressi
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (5, 7, 9, 11)])
-def test_npy_pieces_read_by_position_match_numpy(tmp_path, shape):
+def test_pieces_read_by_position_match_numpy(tmp_path, shape):
     rng = np.random.default_rng(3)
     data = rng.integers(0, 60000, shape).astype(np.uint16)
     np.save(tmp_path / "a.npy", data)
-    npy = _NpyFile(tmp_path / "a.npy")
+    npy = _MappedFile(partial(np.load, tmp_path / "a.npy", mmap_mode="r"))
     keys = [tuple(slice(0, n) for n in shape), tuple(slice(1, n) for n in shape)]  # whole; one long run each row
     keys += [tuple(slice(*sorted(rng.integers(0, n + 1, 2))) for n in shape) for _ in range(50)]
     for key in keys:
         np.testing.assert_array_equal(npy[key], data[key])
+    tifffile.imwrite(tmp_path / "a.tif", data.reshape(-1, shape[-1]), byteorder=">")  # big-endian
+    np.testing.assert_array_equal(read_source(tmp_path / "a.tif").data[2:30, 1:9], data.reshape(-1, shape[-1])[2:30, 1:9])
     np.save(tmp_path / "f.npy", np.asfortranarray(data))  # not C order: read through a memory map
-    np.testing.assert_array_equal(_NpyFile(tmp_path / "f.npy")[1:3, 2:4], data[1:3, 2:4])
+    np.testing.assert_array_equal(_MappedFile(partial(np.load, tmp_path / "f.npy", mmap_mode="r"))[1:3, 2:4], data[1:3, 2:4])
 
 
 def test_chunks_are_about_32_mb_with_signal_axes_whole():
