@@ -229,11 +229,12 @@ def read_source(path, dataset=None):
         raise ValueError(f"cannot read {str(path)!r} as {path.suffix[1:]}: {err}") from err
 
 
-def label(source, *, dims=None, pixel_size=None, units=None):
+def label(source, *, dims=None, pixel_size=None, units=None, shard=None):
     """Name dims, attach coordinates and chunk: a ``Dataset`` with the cube in ``data``.
 
     Dims and calibration come from the file where it has them; ``dims``, ``pixel_size`` and
     ``units`` (scan axes) override it. Uncalibrated axes count pixels (or energy channels).
+    ``shard``: chunks per scan axis in each shard file; ``data``'s encoding carries the layout.
     """
     array = source.data
     if array.dtype.kind not in "iuf":
@@ -252,9 +253,16 @@ def label(source, *, dims=None, pixel_size=None, units=None):
     if not {"y", "x"} <= set(dims):
         raise ValueError(f"--dims must include the scan axes 'y' and 'x', got {','.join(dims)}")
     coords = {dim: _coordinate(dim, n, axis, pixel_size, units) for dim, n, axis in zip(dims, array.shape, calibration)}
-    data = source.to_dask(cube_chunks(dims, array.shape, array.dtype, source.file_chunks))
+    chunks = cube_chunks(dims, array.shape, array.dtype, source.file_chunks)
+    layout = {"chunks": chunks}
+    if shard:
+        layout["shards"] = tuple(c if d in SIGNAL_DIMS else min(c * shard, -(-n // c) * c)
+                                 for c, n, d in zip(chunks, array.shape, dims))
+    # zarr-python writes a shard whole: a write of part of one loses the rest, so each Dask
+    # piece is a whole shard
+    data = source.to_dask(layout.get("shards", chunks))
     attrs = {"original_metadata": json.dumps(source.metadata, default=str)}
-    return xr.Dataset({"data": (dims, data, {"long_name": "signal"})}, coords=coords, attrs=attrs)
+    return xr.Dataset({"data": (dims, data, {"long_name": "signal"}, layout)}, coords=coords, attrs=attrs)
 
 
 def _coordinate(dim, n, axis, pixel_size, units):
@@ -278,16 +286,17 @@ def cube_chunks(dims, shape, dtype, file_chunks=None):
     return tuple(c[0] for c in chunks)
 
 
-def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, overwrite=False, progress=True):
+def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, shard=None, overwrite=False,
+           progress=True):
     """``rvae ingest``: convert ``source`` to a Zarr v3 cube at ``out``; returns the Dataset."""
     check_writable(out, overwrite)
     dims = dims.split(",") if isinstance(dims, str) else dims
-    ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units)
+    ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units, shard=shard)
     ds.attrs["source"] = str(Path(source).resolve())
     with staged_output(out, overwrite) as staging, reading(source, "source"):
         # write_empty_chunks: every chunk is written without zarr first checking it against the fill
         # value, a pass that costs more than compressing it.
-        encoding = {"data": {"compressors": cube_codecs(ds["data"].dtype)}}
+        encoding = {"data": {**ds["data"].encoding, "compressors": cube_codecs(ds["data"].dtype)}}
         compute(ds.to_zarr(staging, zarr_format=3, compute=False, write_empty_chunks=True, encoding=encoding),
                 progress=progress)
     return ds

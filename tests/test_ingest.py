@@ -134,6 +134,19 @@ def test_chunks_are_about_32_mb_with_signal_axes_whole():
     assert 1e6 < size <= 100e6
 
 
+def test_a_sharded_cube_keeps_every_value_in_fewer_files(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.ingest.CHUNK_BYTES", 2**14)  # chunks of 90 x 90: 4 x 3 of them
+    data = np.random.default_rng(5).integers(0, 60000, (300, 200)).astype(np.uint16)
+    np.save(tmp_path / "image.npy", data)
+    ingest(tmp_path / "image.npy", tmp_path / "cube.zarr", shard=2, progress=False)
+    array = zarr.open_array(str(tmp_path / "cube.zarr" / "data"), mode="r")
+    assert array.shards == tuple(2 * c for c in array.chunks)
+    assert len([p for p in (tmp_path / "cube.zarr" / "data").rglob("c/*/*") if p.is_file()]) == 2 * 2
+    cube = xr.open_zarr(tmp_path / "cube.zarr")["data"]
+    np.testing.assert_array_equal(cube.values, data)  # no write of part of a shard dropped the rest
+    assert cube.data.chunksize == array.chunks  # later stages still read chunk by chunk
+
+
 def test_ingest_bad_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no source file"):
         ingest(tmp_path / "absent.npy", tmp_path / "c.zarr")
