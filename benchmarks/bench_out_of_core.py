@@ -1,11 +1,13 @@
 """A source larger than this machine's memory through ``rvae ingest`` and ``rvae patches``.
 
-Writes a raw ``.npy`` image of ``--gib`` GiB (uint16, detector-like noise; default 32 GiB, more
-than the RAM of the machines this was written on), then runs, each in a fresh process, the
-ingest stage (npy -> compressed Zarr v3 cube) and the patch stage (grid windows, the default
-bounded stack), and prints wall time, input GiB/s and peak RSS as a fraction of the machine's RAM.
+Writes a raw ``.npy`` of ``--gib`` GiB (uint16, detector-like noise; default 32 GiB, more than the
+RAM of the machines this was written on), an image or (``--kind 4dstem``) a 4D-STEM scan of
+128x128 frames, then runs, each in a fresh process, the ingest stage (npy -> compressed Zarr v3
+cube) and the patch stage (the default bounded stack: grid windows of the image, frames of the
+scan), and prints wall time, input GiB/s and peak RSS as a fraction of the machine's RAM.
 
     python benchmarks/bench_out_of_core.py --workdir /scratch/ooc      # needs ~2.5x --gib of disk
+    python benchmarks/bench_out_of_core.py --kind 4dstem
 """
 import argparse
 import os
@@ -19,19 +21,22 @@ from fresh_process import measure, report
 GIB = 2**30
 
 
-def write_source(path, gib, seed=0):
-    side = int(np.sqrt(gib * GIB / 2))
-    image = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(side, side))
-    base = np.random.default_rng(seed).poisson(200, size=(1024, side)).astype(np.uint16)
-    for start in range(0, side, 1024):  # a band at a time: never the whole image in memory
-        rows = min(1024, side - start)
-        image[start:start + rows] = np.roll(base[:rows], start, axis=1)
-    image.flush()
-    del image
-    return side
+def write_source(path, kind, gib, seed=0):
+    frame = (128, 128) if kind == "4dstem" else ()
+    side = int(np.sqrt(gib * GIB / 2 / np.prod(frame, dtype=int)))
+    shape = (side, side, *frame)
+    data = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=shape)
+    band = 8 if frame else 1024  # scan rows written at a time (256 MiB at 32 GiB): never the whole source
+    base = np.random.default_rng(seed).poisson(200, size=(band, *shape[1:])).astype(np.uint16)
+    for start in range(0, side, band):
+        rows = min(band, side - start)
+        data[start:start + rows] = np.roll(base[:rows], start, axis=-1)
+    data.flush()
+    del data
+    return shape
 
 
-def worker(stage, source, out):
+def worker(stage, source, out, kind):
     from pipeline.ingest import ingest
     from pipeline.patches import write_patches
     from pipeline.scheduler import dask_scheduler
@@ -41,29 +46,30 @@ def worker(stage, source, out):
         if stage == "ingest":
             ingest(source, out, progress=False)
         else:
-            write_patches(source, out, mode="grid", window=32, progress=False)
+            write_patches(source, out, mode="frames" if kind == "4dstem" else "grid", window=32, progress=False)
     report(seconds=time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=32)
+    parser.add_argument("--kind", choices=["image", "4dstem"], default="image")
     parser.add_argument("--workdir", type=Path, default=Path("bench-out-of-core"))
     parser.add_argument("--keep", action="store_true", help="keep the files afterwards")
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker)
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
     args.workdir.mkdir(parents=True, exist_ok=True)
-    source, cube, patches = (args.workdir / n for n in ("image.npy", "cube.zarr", "patches.zarr"))
+    source, cube, patches = (args.workdir / n for n in (f"{args.kind}.npy", "cube.zarr", "patches.zarr"))
     start = time.perf_counter()
-    side = write_source(source, args.gib)
-    print(f"source {source}: ({side}, {side}) uint16, {source.stat().st_size / GIB:.1f} GiB on disk, "
+    shape = write_source(source, args.kind, args.gib)
+    print(f"source {source}: {shape} uint16, {source.stat().st_size / GIB:.1f} GiB on disk, "
           f"machine RAM {ram:.1f} GiB (written in {time.perf_counter() - start:.0f} s)", flush=True)
     for stage, reads, writes in (("ingest", source, cube), ("patches", cube, patches)):
-        r = measure(__file__, stage, reads, writes)
+        r = measure(__file__, stage, reads, writes, args.kind)
         print(f"{stage:8} {r['seconds']:7.0f} s  {args.gib / r['seconds']:.2f} GiB/s of input  "
               f"peak RSS {r['rss_gib']:.2f} GiB = {r['rss_gib'] / ram:.1%} of RAM", flush=True)
     on_disk = sum(p.stat().st_size for p in cube.rglob("*") if p.is_file()) / GIB
