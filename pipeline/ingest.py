@@ -33,9 +33,9 @@ DIMS_BY_AXES = {(0, 2): ("y", "x"), (1, 2): ("frame", "y", "x"), (2, 1): ("y", "
 class Source:
     """What a reader found: the data, the file's metadata, and per-axis calibration if any.
 
-    ``data`` is a Dask array (formats read through Dask: zarr, tiff, rosettasciio's) or, for files
-    read by position (npy, hdf5), an array with ``shape``, ``dtype`` and ``__getitem__`` that
-    :meth:`to_dask` reads straight in the cube's chunks.
+    ``data`` is a Dask array (formats read through Dask: zarr, compressed tiff, rosettasciio's) or,
+    for files read by position (npy, hdf5, uncompressed tiff), an array with ``shape``, ``dtype``
+    and ``__getitem__`` that :meth:`to_dask` reads straight in the cube's chunks.
     """
     data: object
     metadata: dict = field(default_factory=dict)
