@@ -8,7 +8,9 @@ and writes ``data`` chunked at ~32 MB with signal axes whole.
 """
 import importlib
 import json
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -66,10 +68,13 @@ class _MappedFile:
     (0.57 of a 0.74 GiB peak ingesting a 4 GiB ``.npy``).
     """
 
-    def __init__(self, open_map, chunks=None):
-        self.open_map, self.chunks = open_map, chunks  # chunks: the file's natural unit (a TIFF page), if any
-        mapped = open_map()
-        self.path, self.shape, self.dtype, self.ndim = mapped.filename, mapped.shape, mapped.dtype, mapped.ndim
+    def __init__(self, path, open_map, chunks=None):
+        self.path, self.open_map, self.chunks = path, open_map, chunks  # chunks: a TIFF page, if any
+        try:
+            mapped = open_map()
+        except ValueError as err:  # numpy's, without the file's name ("mmap length is greater than file size")
+            raise ValueError(f"cannot read {str(path)!r}: {err}") from err
+        self.shape, self.dtype, self.ndim = mapped.shape, mapped.dtype, mapped.ndim
         self.offset, self.strides, self.c_order = mapped.offset, mapped.strides, mapped.flags.c_contiguous
 
     def __getitem__(self, key):
@@ -103,21 +108,40 @@ class _MappedFile:
 
 
 def read_npy(path, dataset=None):
-    return Source(_MappedFile(partial(np.load, path, mmap_mode="r")))
+    return Source(_MappedFile(path, partial(np.load, path, mmap_mode="r")))
 
 
 def read_tiff(path, dataset=None):
     import tifffile
     import zarr
 
-    with tifffile.TiffFile(path) as tif:
+    with _warnings_refused("tifffile", path), tifffile.TiffFile(path) as tif:
         meta = {tag.name: str(tag.value)[:200] for tag in tif.pages[0].tags.values()}
         series = tif.series[0]
         contiguous = series.dataoffset is not None
         page = (1,) * (len(series.shape) - len(series.keyframe.shape)) + series.keyframe.shape
     if contiguous:  # uncompressed in one run, often as one strip: the whole image would be one chunk
-        return Source(_MappedFile(partial(tifffile.memmap, path, mode="r"), chunks=page), meta)
+        return Source(_MappedFile(path, partial(tifffile.memmap, path, mode="r"), chunks=page), meta)
     return Source(da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r")), meta)
+
+
+@contextmanager
+def _warnings_refused(logger, path):
+    """Refuse the file on the first warning ``logger`` logs while it is read. tifffile warns of a
+    damaged file and reads on with what it reached: a truncated 10-page stack becomes one image."""
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    propagate, log.propagate = log.propagate, False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+    if seen:
+        raise ValueError(f"{str(path)!r} is damaged: {seen[0].getMessage()}")
 
 
 def read_hdf5(path, dataset=None):

@@ -116,7 +116,7 @@ def test_pieces_read_by_position_match_numpy(tmp_path, shape):
     rng = np.random.default_rng(3)
     data = rng.integers(0, 60000, shape).astype(np.uint16)
     np.save(tmp_path / "a.npy", data)
-    npy = _MappedFile(partial(np.load, tmp_path / "a.npy", mmap_mode="r"))
+    npy = _MappedFile(tmp_path / "a.npy", partial(np.load, tmp_path / "a.npy", mmap_mode="r"))
     keys = [tuple(slice(0, n) for n in shape), tuple(slice(1, n) for n in shape)]  # whole; one long run each row
     keys += [tuple(slice(*sorted(rng.integers(0, n + 1, 2))) for n in shape) for _ in range(50)]
     for key in keys:
@@ -124,7 +124,7 @@ def test_pieces_read_by_position_match_numpy(tmp_path, shape):
     tifffile.imwrite(tmp_path / "a.tif", data.reshape(-1, shape[-1]), byteorder=">")  # big-endian
     np.testing.assert_array_equal(read_source(tmp_path / "a.tif").data[2:30, 1:9], data.reshape(-1, shape[-1])[2:30, 1:9])
     np.save(tmp_path / "f.npy", np.asfortranarray(data))  # not C order: read through a memory map
-    np.testing.assert_array_equal(_MappedFile(partial(np.load, tmp_path / "f.npy", mmap_mode="r"))[1:3, 2:4], data[1:3, 2:4])
+    np.testing.assert_array_equal(_MappedFile(tmp_path / "f.npy", partial(np.load, tmp_path / "f.npy", mmap_mode="r"))[1:3, 2:4], data[1:3, 2:4])
 
 
 def test_chunks_are_about_32_mb_with_signal_axes_whole():
@@ -164,6 +164,21 @@ def test_ingest_bad_inputs(tmp_path):
     truncated.write_bytes(source.read_bytes()[:2000])
     with pytest.raises(ValueError, match="cannot read"):
         ingest(truncated, tmp_path / "c.zarr")
+    assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("kind, compression", [("npy", None), ("tiff", None), ("tiff", "zlib")])
+def test_a_truncated_file_is_refused_naming_it(tmp_path, kind, compression):
+    data = np.random.default_rng(6).integers(0, 1000, (10, 64, 64)).astype(np.uint16)
+    whole = tmp_path / f"whole.{kind}"
+    if kind == "npy":
+        np.save(whole, data)
+    else:  # a compressed stack that tifffile, cut short, would read as its first page alone
+        tifffile.imwrite(whole, data, compression=compression)
+    cut = tmp_path / f"cut.{kind}"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"cut.{kind}"):
+        ingest(cut, tmp_path / "c.zarr", dims="frame,y,x")
     assert not (tmp_path / "c.zarr").exists()
 
 
