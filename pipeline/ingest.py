@@ -111,11 +111,37 @@ def read_npy(path, dataset=None):
     return Source(_MappedFile(path, partial(np.load, path, mmap_mode="r")))
 
 
+# tifffile's warnings that it could not reach every page, after which it reads on with fewer (a
+# truncated 10-page stack becomes one image); its other warnings (odd vendor tags) leave the data whole.
+TIFF_DAMAGE = ("invalid page offset", "failed to reshape")
+
+
+@contextmanager
+def _damage_refused(path):
+    """Refuse a TIFF whose pages tifffile could not all reach, in one line, instead of reading on."""
+    damage = []
+
+    def hold_damage(record):
+        if any(sign in record.getMessage() for sign in TIFF_DAMAGE):
+            damage.append(record.getMessage())
+            return False  # said once, below, instead of printed
+        return True
+
+    log = logging.getLogger("tifffile")
+    log.addFilter(hold_damage)
+    try:
+        yield
+    finally:
+        log.removeFilter(hold_damage)
+    if damage:
+        raise ValueError(f"{str(path)!r} is damaged: {damage[0]}")
+
+
 def read_tiff(path, dataset=None):
     import tifffile
     import zarr
 
-    with _warnings_refused("tifffile", path), tifffile.TiffFile(path) as tif:
+    with _damage_refused(path), tifffile.TiffFile(path) as tif:
         meta = {tag.name: str(tag.value)[:200] for tag in tif.pages[0].tags.values()}
         series = tif.series[0]
         contiguous = series.dataoffset is not None
@@ -123,25 +149,6 @@ def read_tiff(path, dataset=None):
     if contiguous:  # uncompressed in one run, often as one strip: the whole image would be one chunk
         return Source(_MappedFile(path, partial(tifffile.memmap, path, mode="r"), chunks=page), meta)
     return Source(da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r")), meta)
-
-
-@contextmanager
-def _warnings_refused(logger, path):
-    """Refuse the file on the first warning ``logger`` logs while it is read. tifffile warns of a
-    damaged file and reads on with what it reached: a truncated 10-page stack becomes one image."""
-    seen = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = seen.append
-    log = logging.getLogger(logger)
-    log.addHandler(handler)
-    propagate, log.propagate = log.propagate, False
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.propagate = propagate
-    if seen:
-        raise ValueError(f"{str(path)!r} is damaged: {seen[0].getMessage()}")
 
 
 def read_hdf5(path, dataset=None):
