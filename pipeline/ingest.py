@@ -1,10 +1,11 @@
 """The ingest stage: a source file to one labelled Zarr v3 cube, lazily with Dask.
 
-Readers (one per format) return a :class:`Source`: a lazy array, the source's metadata and, where
-the file is calibrated, each axis's name, scale, offset and units. npy, tiff, hdf5/NeXus and zarr
-are read here; every other format rosettasciio knows (dm3/dm4, emd, bcf, mib, blo, HyperSpy
-files, ...) through its lazy readers. :func:`ingest` names the dims, attaches physical coordinates
-and writes ``data`` chunked at ~32 MB with signal axes whole.
+Readers (one per format) return a :class:`Source`: the data (a lazy array, or a file read by
+position), the source's metadata and, where the file is calibrated, each axis's name, scale,
+offset and units. npy, tiff, hdf5/NeXus and zarr are read here; every other format rosettasciio
+knows (dm3/dm4, emd, bcf, mib, blo, HyperSpy files, ...) through its lazy readers. :func:`ingest`
+names the dims, attaches physical coordinates and writes ``data`` in chunks of at most 32 MiB with
+signal axes whole, made of whole chunks of the source's own, and optionally grouped into shards.
 """
 import importlib
 import json
