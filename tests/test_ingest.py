@@ -111,20 +111,25 @@ def test_detector_hdf5_with_plugin_compression_ingests(tmp_path, rvae, compressi
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cube.zarr")["data"].values, data)
 
 
+def mapped_npy(path):
+    return _MappedFile(path, partial(np.load, path, mmap_mode="r"))
+
+
 @pytest.mark.parametrize("shape", [(37, 53), (5, 7, 9, 11)])
 def test_pieces_read_by_position_match_numpy(tmp_path, shape):
     rng = np.random.default_rng(3)
     data = rng.integers(0, 60000, shape).astype(np.uint16)
     np.save(tmp_path / "a.npy", data)
-    npy = _MappedFile(tmp_path / "a.npy", partial(np.load, tmp_path / "a.npy", mmap_mode="r"))
+    npy = mapped_npy(tmp_path / "a.npy")
     keys = [tuple(slice(0, n) for n in shape), tuple(slice(1, n) for n in shape)]  # whole; one long run each row
     keys += [tuple(slice(*sorted(rng.integers(0, n + 1, 2))) for n in shape) for _ in range(50)]
     for key in keys:
         np.testing.assert_array_equal(npy[key], data[key])
-    tifffile.imwrite(tmp_path / "a.tif", data.reshape(-1, shape[-1]), byteorder=">")  # big-endian
-    np.testing.assert_array_equal(read_source(tmp_path / "a.tif").data[2:30, 1:9], data.reshape(-1, shape[-1])[2:30, 1:9])
+    image = data.reshape(-1, shape[-1])
+    tifffile.imwrite(tmp_path / "a.tif", image, byteorder=">")  # big-endian
+    np.testing.assert_array_equal(read_source(tmp_path / "a.tif").data[2:30, 1:9], image[2:30, 1:9])
     np.save(tmp_path / "f.npy", np.asfortranarray(data))  # not C order: read through a memory map
-    np.testing.assert_array_equal(_MappedFile(tmp_path / "f.npy", partial(np.load, tmp_path / "f.npy", mmap_mode="r"))[1:3, 2:4], data[1:3, 2:4])
+    np.testing.assert_array_equal(mapped_npy(tmp_path / "f.npy")[1:3, 2:4], data[1:3, 2:4])
 
 
 def test_chunks_are_about_32_mb_with_signal_axes_whole():
@@ -173,7 +178,7 @@ def test_a_truncated_file_is_refused_naming_it(tmp_path, kind, compression):
     whole = tmp_path / f"whole.{kind}"
     if kind == "npy":
         np.save(whole, data)
-    else:  # a compressed stack that tifffile, cut short, would read as its first page alone
+    else:  # compressed and cut short, tifffile would read it as its first page alone
         tifffile.imwrite(whole, data, compression=compression)
     cut = tmp_path / f"cut.{kind}"
     cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
