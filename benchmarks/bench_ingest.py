@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from counts import fill_with_counts
 from fresh_process import measure, report
 
 GIB = 2**30
@@ -30,7 +31,6 @@ def write_source(path, layout, gib, seed=0):
     """A 4D-STEM scan of about ``gib`` GiB, written a band of scan rows at a time."""
     side = int(np.sqrt(gib * GIB / 2 / DETECTOR**2))
     shape = (side, side, DETECTOR, DETECTOR)
-    band = np.random.default_rng(seed).poisson(200, size=(8, side, DETECTOR, DETECTOR)).astype(np.uint16)
     if layout == "npy":
         data = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=shape)
     else:
@@ -41,9 +41,7 @@ def write_source(path, layout, gib, seed=0):
         if layout.endswith("bitshuffle-lz4"):
             options.update(hdf5plugin.Bitshuffle(cname="lz4"))
         data = h5py.File(path, "w").create_dataset("entry/data/data", shape=shape, dtype=np.uint16, **options)
-    for start in range(0, side, len(band)):
-        rows = min(len(band), side - start)
-        data[start:start + rows] = np.roll(band[:rows], start, axis=-1)
+    fill_with_counts(data, rows=8, seed=seed)
     data.flush() if layout == "npy" else data.file.close()
     return shape
 

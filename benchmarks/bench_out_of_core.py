@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from counts import fill_with_counts
 from fresh_process import measure, report
 
 GIB = 2**30
@@ -26,11 +27,7 @@ def write_source(path, kind, gib, seed=0):
     side = int(np.sqrt(gib * GIB / 2 / np.prod(frame, dtype=int)))
     shape = (side, side, *frame)
     data = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=shape)
-    band = 8 if frame else 1024  # scan rows written at a time (256 MiB at 32 GiB): never the whole source
-    base = np.random.default_rng(seed).poisson(200, size=(band, *shape[1:])).astype(np.uint16)
-    for start in range(0, side, band):
-        rows = min(band, side - start)
-        data[start:start + rows] = np.roll(base[:rows], start, axis=-1)
+    fill_with_counts(data, rows=8 if frame else 1024, seed=seed)  # bands of 256 MiB at 32 GiB
     data.flush()
     del data
     return shape
