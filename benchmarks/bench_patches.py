@@ -15,7 +15,9 @@ Then, each in a fresh process:
   machine's limit for anything that rewrites every value;
 
 and prints the ratios to the raw read, and each process's peak RSS, so memory growth with cube
-size is visible (bounded memory means flat RSS). Peak RSS also holds what glibc's allocator keeps
+size is visible. A stack that is a share ``f`` of the cube's bytes must read the whole cube and
+write ``f`` of it, so the machine's limit for it is ``raw + f * (copy - raw)`` seconds (the raw
+read for a small stack, the copy for every position); ``/limit`` is the patch stage against that (bounded memory means flat RSS). Peak RSS also holds what glibc's allocator keeps
 after it is freed, so both ``rvae patches`` runs are repeated under ``tracemalloc``, whose peak is
 the most the pipeline itself (Python objects and NumPy buffers) held at once: its live heap. The
 cubes are read right after they are written, so every side reads from the page cache as far as it
@@ -101,10 +103,12 @@ def worker(task, cube, out, traced=False):
         else:
             mode = "grid" if array.ndim == 2 else "frames"
             max_samples = None if task == "full" else 20000
-            write_patches(cube, out, mode=mode, window=32, stride=32, max_samples=max_samples, overwrite=True,
-                          progress=False)
+            stack = write_patches(cube, out, mode=mode, window=32, stride=32, max_samples=max_samples,
+                                  overwrite=True, progress=False)
+    seconds = time.perf_counter() - start
     heap = {"heap_gib": tracemalloc.get_traced_memory()[1] / GIB} if traced else {}
-    report(seconds=time.perf_counter() - start, gib=gib, **heap)
+    share = {"share": stack["patches"].nbytes / array.nbytes} if task in PATCH_TASKS else {}
+    report(seconds=seconds, gib=gib, **heap, **share)
 
 
 def main():
@@ -142,15 +146,20 @@ def main():
             shutil.rmtree(cube)
             shutil.rmtree(out, ignore_errors=True)
 
-    print(f"\n{'cube':8} {'GiB':>5} {'raw GiB/s':>10} {'bounded':>8} {'/raw':>5} {'copy':>6} {'full':>6} "
-          f"{'/copy':>6} {'peak RSS GiB raw/bounded/copy/full':>35} {'live heap GiB bounded/full':>27}")
+    print(f"\n{'cube':8} {'GiB':>5} {'raw GiB/s':>10} {'bounded':>8} {'/raw':>5} {'share':>6} {'/limit':>7} "
+          f"{'copy':>6} {'full':>6} {'/raw':>5} {'/copy':>6} {'peak RSS GiB raw/bounded/copy/full':>35} "
+          f"{'live heap GiB bounded/full':>27}")
     for kind, gib, runs in rows:
         raw, bounded, copy, full = (runs[t]["gib"] / runs[t]["seconds"] for t in TASKS)
+        share = runs["bounded"]["share"]
+        limit = runs["raw"]["seconds"] + share * (runs["copy"]["seconds"] - runs["raw"]["seconds"])
         rss = "/".join(f"{runs[t]['rss_gib']:.2f}" for t in TASKS)
         live = "/".join(f"{runs[t]['heap_gib']:.2f}" for t in PATCH_TASKS)
-        print(f"{kind:8} {gib:5g} {raw:10.2f} {bounded:8.2f} {bounded / raw:5.2f} {copy:6.2f} {full:6.2f} "
-              f"{full / copy:6.2f} {rss:>35} {live:>27}")
-    print("(GiB/s of input; bounded = max_samples 20000, full = every position)")
+        print(f"{kind:8} {gib:5g} {raw:10.2f} {bounded:8.2f} {bounded / raw:5.2f} {share:6.0%} "
+              f"{limit / runs['bounded']['seconds']:7.2f} {copy:6.2f} {full:6.2f} {full / raw:5.2f} {full / copy:6.2f} "
+              f"{rss:>35} {live:>27}")
+    print("(GiB/s of input; bounded = max_samples 20000, full = every position; share = the bounded stack's bytes\n"
+          " over the cube's; /limit = the bounded stack against raw + share * (copy - raw) seconds)")
     for kind in args.kinds:
         sizes = [runs for k, _, runs in rows if k == kind]
         if len(sizes) > 1:
