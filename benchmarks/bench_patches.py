@@ -15,11 +15,12 @@ Then, each in a fresh process:
   machine's limit for anything that rewrites every value;
 
 and prints the ratios to the raw read, and each process's peak RSS, so memory growth with cube
-size is visible. A stack that is a share ``f`` of the cube's bytes must read the whole cube and
-write ``f`` of it, so the machine's limit for it is ``raw + f * (copy - raw)`` seconds (the raw
-read for a small stack, the copy for every position); ``/limit`` is the patch stage against that (bounded memory means flat RSS). Peak RSS also holds what glibc's allocator keeps
-after it is freed, so both ``rvae patches`` runs are repeated under ``tracemalloc``, whose peak is
-the most the pipeline itself (Python objects and NumPy buffers) held at once: its live heap. The
+size is visible (bounded memory means flat RSS). A stack that is a share ``f`` of the cube's
+bytes must read the whole cube and write ``f`` of it, so the machine's limit for it is
+``raw + f * (copy - raw)`` seconds (the raw read for a small stack, the copy for every
+position); ``/limit`` is the bounded stack against that. Peak RSS also holds what glibc's
+allocator keeps after it is freed, so both ``rvae patches`` runs are repeated under
+``tracemalloc``, whose peak is the most the pipeline itself (Python objects and NumPy buffers) held at once: its live heap. The
 cubes are read right after they are written, so every side reads from the page cache as far as it
 holds them.
 
