@@ -20,12 +20,15 @@ bytes must read the whole cube and write ``f`` of it, so the machine's limit for
 ``raw + f * (copy - raw)`` seconds (the raw read for a small stack, the copy for every
 position); ``/limit`` is the bounded stack against that. Peak RSS also holds what glibc's
 allocator keeps after it is freed, so both ``rvae patches`` runs are repeated under
-``tracemalloc``, whose peak is the most the pipeline itself (Python objects and NumPy buffers) held at once: its live heap. The
-cubes are read right after they are written, so every side reads from the page cache as far as it
-holds them.
+``tracemalloc``, whose peak is the most the pipeline itself (Python objects and NumPy buffers)
+held at once: its live heap. The cubes are read right after they are written, so every side reads
+from the page cache as far as it holds them. ``--env`` runs every measured process with the given
+environment, e.g. glibc's allocator tunables (README, *What bounds memory*).
 
-    python benchmarks/bench_patches.py                       # 1, 4 and 8 GiB cubes: ~15 min, ~20 GB disk
+    python benchmarks/bench_patches.py                       # 1, 4 and 8 GiB cubes: ~25 min, ~20 GB disk
     python benchmarks/bench_patches.py --sizes 0.25 1        # a quick look
+    python benchmarks/bench_patches.py --env GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576
+                                        # every measured process under glibc's allocator tunables
 """
 import argparse
 import shutil
@@ -112,17 +115,30 @@ def worker(task, cube, out, traced=False):
     report(seconds=seconds, gib=gib, **heap, **share)
 
 
+def assignment(text):
+    """``NAME=VALUE`` as a (name, value) pair, for ``--env``."""
+    name, sep, value = text.partition("=")
+    if not (sep and name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 4, 8], help="cube sizes in GiB (uncompressed)")
     parser.add_argument("--kinds", nargs="+", default=["image", "4dstem"], choices=["image", "4dstem"])
     parser.add_argument("--workdir", type=Path, default=Path("bench-patches"))
+    parser.add_argument("--env", action="append", default=[], type=assignment, metavar="NAME=VALUE",
+                        help="set in every measured process's environment (e.g. glibc's allocator tunables)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker, traced=args.traced)
 
+    env = dict(args.env)
+    if env:
+        print("measured processes run with " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for kind in args.kinds:
@@ -136,10 +152,10 @@ def main():
             runs = {}
             for task in TASKS:  # each writes a fresh output: none pays for deleting the last one's
                 shutil.rmtree(out, ignore_errors=True)
-                runs[task] = measure(__file__, task, cube, out)
+                runs[task] = measure(__file__, task, cube, out, env=env)
             for task in PATCH_TASKS:
                 shutil.rmtree(out, ignore_errors=True)
-                runs[task]["heap_gib"] = measure(__file__, task, cube, out, "--traced")["heap_gib"]
+                runs[task]["heap_gib"] = measure(__file__, task, cube, out, "--traced", env=env)["heap_gib"]
             rows.append((kind, gib, runs))
             print("  " + ", ".join(f"{task} {r['gib'] / r['seconds']:.2f} GiB/s (peak RSS {r['rss_gib']:.2f} GiB)"
                                    for task, r in runs.items())

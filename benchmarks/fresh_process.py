@@ -1,5 +1,6 @@
 """Measurements in a fresh interpreter each, so every peak RSS belongs to one step alone."""
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,10 +22,11 @@ def report(**fields):
     print("RESULT " + json.dumps({**fields, "rss_gib": peak_rss_gib()}), flush=True)
 
 
-def measure(script, *args):
-    """Run ``script --worker *args`` and return the dict it passed to :func:`report`."""
+def measure(script, *args, env=None):
+    """Run ``script --worker *args`` (with ``env`` added to this process's environment) and return
+    the dict it passed to :func:`report`."""
     command = [sys.executable, script, "--worker", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[1:])} failed:\n{result.stderr[-3000:]}")
     return next(json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT "))
