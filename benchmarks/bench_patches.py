@@ -5,8 +5,10 @@ Writes compressed cubes (Zarr v3, the ingest stage's chunking and codec) of each
 window kept) and a 4D-STEM cube ``(y, x, ky, kx)`` cut by ``frames`` mode (every pattern kept).
 Then, each in a fresh process:
 
-* raw read: Dask reads, decompresses and reduces (sums) the whole cube — the machine's limit for
-  anything that must look at every value;
+* raw read: Dask reads the whole cube through zarr (``da.from_zarr``), decompresses and reduces
+  (sums) it — what any Dask code that must look at every value pays;
+* direct read: the same sum over the cube as the pipeline's stages open it (``open_cube``: chunks
+  decoded straight from their files, :mod:`pipeline.chunk_files`) — the stricter reference;
 * ``rvae patches`` with a bounded training stack (the default ``max_samples`` 20000, random
   positions all over the cube, so every chunk is read), as input GiB/s;
 * ``rvae patches`` keeping every position (``max_samples none``): the stack is a full copy of the
@@ -14,9 +16,9 @@ Then, each in a fresh process:
 * copy: Dask reads the cube and writes it to a new store with the patch store's codec — the
   machine's limit for anything that rewrites every value;
 
-and prints the ratios to the raw read, and each process's peak RSS, so memory growth with cube
+and prints the ratios to the raw and direct reads, and each process's peak RSS, so memory growth with cube
 size is visible (bounded memory means flat RSS). A stack that is a share ``f`` of the cube's
-bytes must read the whole cube and write ``f`` of it, so the machine's limit for it is
+bytes must read the whole cube and write ``f`` of it, so what zarr's reads and writes allow it is
 ``raw + f * (copy - raw)`` seconds (the raw read for a small stack, the copy for every
 position); ``/limit`` is the bounded stack against that. Peak RSS also holds what glibc's
 allocator keeps after it is freed, so both ``rvae patches`` runs are repeated under
@@ -39,7 +41,7 @@ import numpy as np
 from fresh_process import measure, report
 
 GIB = 2**30
-TASKS = ("raw", "bounded", "copy", "full")
+TASKS = ("raw", "direct", "bounded", "copy", "full")
 PATCH_TASKS = ("bounded", "full")  # the `rvae patches` runs, whose live heap is also measured
 DETECTOR = 128  # 4D-STEM pattern side
 
@@ -96,6 +98,10 @@ def worker(task, cube, out, traced=False):
         start = time.perf_counter()
         if task == "raw":
             da.from_zarr(array).sum(dtype=np.float64).compute()
+        elif task == "direct":
+            from pipeline.stores import open_cube
+
+            open_cube(cube).data.sum(dtype=np.float64).compute()
         elif task == "copy":
             from pipeline.compression import patch_codecs
 
@@ -163,20 +169,21 @@ def main():
             shutil.rmtree(cube)
             shutil.rmtree(out, ignore_errors=True)
 
-    print(f"\n{'cube':8} {'GiB':>5} {'raw GiB/s':>10} {'bounded':>8} {'/raw':>5} {'share':>6} {'/limit':>7} "
-          f"{'copy':>6} {'full':>6} {'/raw':>5} {'/copy':>6} {'peak RSS GiB raw/bounded/copy/full':>35} "
-          f"{'live heap GiB bounded/full':>27}")
+    print(f"\n{'cube':8} {'GiB':>5} {'raw GiB/s':>10} {'direct':>7} {'bounded':>8} {'/raw':>5} {'/direct':>8} "
+          f"{'share':>6} {'/limit':>7} {'copy':>6} {'full':>6} {'/raw':>5} {'/direct':>8} {'/copy':>6} "
+          f"{'peak RSS GiB raw/direct/bounded/copy/full':>42} {'live heap GiB bounded/full':>27}")
     for kind, gib, runs in rows:
-        raw, bounded, copy, full = (runs[t]["gib"] / runs[t]["seconds"] for t in TASKS)
+        raw, direct, bounded, copy, full = (runs[t]["gib"] / runs[t]["seconds"] for t in TASKS)
         share = runs["bounded"]["share"]
         limit = runs["raw"]["seconds"] + share * (runs["copy"]["seconds"] - runs["raw"]["seconds"])
         rss = "/".join(f"{runs[t]['rss_gib']:.2f}" for t in TASKS)
         live = "/".join(f"{runs[t]['heap_gib']:.2f}" for t in PATCH_TASKS)
-        print(f"{kind:8} {gib:5g} {raw:10.2f} {bounded:8.2f} {bounded / raw:5.2f} {share:6.0%} "
-              f"{limit / runs['bounded']['seconds']:7.2f} {copy:6.2f} {full:6.2f} {full / raw:5.2f} {full / copy:6.2f} "
-              f"{rss:>35} {live:>27}")
-    print("(GiB/s of input; bounded = max_samples 20000, full = every position; share = the bounded stack's bytes\n"
-          " over the cube's; /limit = the bounded stack against raw + share * (copy - raw) seconds)")
+        print(f"{kind:8} {gib:5g} {raw:10.2f} {direct:7.2f} {bounded:8.2f} {bounded / raw:5.2f} "
+              f"{bounded / direct:8.2f} {share:6.0%} {limit / runs['bounded']['seconds']:7.2f} {copy:6.2f} "
+              f"{full:6.2f} {full / raw:5.2f} {full / direct:8.2f} {full / copy:6.2f} {rss:>42} {live:>27}")
+    print("(GiB/s of input; raw = through zarr, direct = as the stages read; bounded = max_samples 20000, full =\n"
+          " every position; share = the bounded stack's bytes over the cube's; /limit = the bounded stack against\n"
+          " raw + share * (copy - raw) seconds, all three through zarr)")
     for kind in args.kinds:
         sizes = [runs for k, _, runs in rows if k == kind]
         if len(sizes) > 1:

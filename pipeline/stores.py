@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import xarray as xr
+import zarr
+
+from .chunk_files import read_chunks, readable_directly
 
 
 def open_store(path, *, what="store"):
@@ -25,12 +28,15 @@ def open_store(path, *, what="store"):
 
 
 def open_cube(path, variable="data"):
-    """The cube's data variable as a lazy ``DataArray``."""
+    """The cube's data variable as a lazy ``DataArray``, its chunks read straight from their files
+    where :mod:`pipeline.chunk_files` can (whole chunks, as every Dask stage reads them)."""
     ds = open_store(path, what="cube")
     if variable not in ds.data_vars:
         raise ValueError(f"cube {str(path)!r} has no variable {variable!r} "
                          f"(it has: {', '.join(ds.data_vars) or 'none'}); choose one with --variable")
-    return ds[variable]
+    cube = ds[variable]
+    array = zarr.open_array(Path(path) / variable, mode="r")
+    return cube.copy(data=read_chunks(array)) if readable_directly(array) else cube
 
 
 @contextmanager
