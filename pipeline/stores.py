@@ -36,7 +36,9 @@ def open_cube(path, variable="data"):
                          f"(it has: {', '.join(ds.data_vars) or 'none'}); choose one with --variable")
     cube = ds[variable]
     array = zarr.open_array(Path(path) / variable, mode="r")
-    return cube.copy(data=read_chunks(array)) if readable_directly(array) else cube
+    # Values that xarray decodes (CF scale and offset, masked fill values) stay with xarray's reader.
+    as_stored = cube.dtype == array.dtype and not {"scale_factor", "add_offset"} & cube.encoding.keys()
+    return cube.copy(data=read_chunks(array)) if as_stored and readable_directly(array) else cube
 
 
 @contextmanager

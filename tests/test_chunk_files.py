@@ -39,6 +39,19 @@ def test_other_codecs_and_sharded_cubes_are_read_through_zarr(tmp_path, counts, 
     np.testing.assert_array_equal(open_cube(tmp_path / "c.zarr").values, counts[:32, :16])
 
 
+@pytest.mark.filterwarnings("ignore:saving variable")  # floats stored as integers, on purpose
+@pytest.mark.parametrize("encoding", [{"scale_factor": 0.5}, {"_FillValue": 7}])
+def test_values_that_xarray_decodes_are_left_to_xarray(tmp_path, counts, encoding):
+    values = counts[:32, :16].astype(np.float32)
+    encoding = {"dtype": "uint16", "compressors": cube_codecs(np.uint16), "chunks": (16, 8, 6, 5), **encoding}
+    xr.Dataset({"data": (("y", "x", "ky", "kx"), values)}).to_zarr(tmp_path / "c.zarr", zarr_format=3,
+                                                                   encoding={"data": encoding})
+    assert readable_directly(zarr.open_array(tmp_path / "c.zarr" / "data", mode="r"))
+    expected = xr.open_zarr(tmp_path / "c.zarr")["data"].values
+    assert expected.dtype.kind == "f"
+    np.testing.assert_array_equal(open_cube(tmp_path / "c.zarr").values, expected)
+
+
 def test_a_chunk_never_written_reads_as_fill_value(tmp_path, counts):
     write_cube(tmp_path / "c.zarr", counts, (16, 8, 6, 5))
     (tmp_path / "c.zarr" / "data" / "c" / "1" / "2" / "0" / "0").unlink()
