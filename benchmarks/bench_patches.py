@@ -27,7 +27,7 @@ held at once: its live heap. The cubes are read right after they are written, so
 from the page cache as far as it holds them. ``--env`` runs every measured process with the given
 environment, e.g. glibc's allocator tunables (README, *What bounds memory*).
 
-    python benchmarks/bench_patches.py                       # 1, 4 and 8 GiB cubes: ~25 min, ~20 GB disk
+    python benchmarks/bench_patches.py                       # 1, 4 and 8 GiB cubes: ~15 min, ~20 GB disk
     python benchmarks/bench_patches.py --sizes 0.25 1        # a quick look
     python benchmarks/bench_patches.py --env GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576
                                         # every measured process under glibc's allocator tunables
