@@ -13,11 +13,11 @@ Then, each in a fresh process:
   positions all over the cube, so every chunk is read), as input GiB/s;
 * ``rvae patches`` keeping every position (``max_samples none``): the stack is a full copy of the
   cube, so this also pays for writing as many bytes as it reads; its reference is
-* copy: Dask reads the cube and writes it to a new store with the patch store's codec — the
-  machine's limit for anything that rewrites every value;
+* copy: Dask reads the cube and writes it to a new store with the patch store's codec, both
+  through zarr — what rewriting every value costs that way;
 
-and prints the ratios to the raw and direct reads, and each process's peak RSS, so memory growth with cube
-size is visible (bounded memory means flat RSS). A stack that is a share ``f`` of the cube's
+and prints the ratios to the raw and direct reads, and each process's peak RSS, so memory growth
+with cube size is visible (bounded memory means flat RSS). A stack that is a share ``f`` of the cube's
 bytes must read the whole cube and write ``f`` of it, so what zarr's reads and writes allow it is
 ``raw + f * (copy - raw)`` seconds (the raw read for a small stack, the copy for every
 position); ``/limit`` is the bounded stack against that. Peak RSS also holds what glibc's

@@ -50,7 +50,10 @@ class ChunkFiles:
         if cbytes != len(data) or nbytes != chunk.nbytes:
             raise RuntimeError(f"{path} is {len(data)} bytes; its Blosc header says {cbytes}, "
                                f"decoding to {nbytes} (a chunk is {chunk.nbytes})")
-        self.blosc.decode(data, out=chunk)
+        try:
+            self.blosc.decode(data, out=chunk)
+        except RuntimeError as err:  # Blosc's own message does not say which chunk
+            raise RuntimeError(f"{path}: {err}") from err
         return chunk[tuple(slice(0, n) for n in info["chunk-shape"])]
 
 
