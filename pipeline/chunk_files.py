@@ -30,7 +30,8 @@ def readable_directly(array):
 class ChunkFiles:
     """Reads a chunk of a :func:`readable_directly` array from its file: a Dask block function."""
 
-    def __init__(self, array):
+    def __init__(self, array, missing_is_fill=True):
+        self.missing_is_fill = missing_is_fill
         self.root = Path(array.store.root) / array.path
         self.keys = array.metadata.chunk_key_encoding
         self.chunk_shape, self.dtype, self.fill_value = array.chunks, array.dtype, array.fill_value
@@ -41,8 +42,10 @@ class ChunkFiles:
         path = self.root / self.keys.encode_chunk_key(tuple(info["chunk-location"]))
         try:
             data = path.read_bytes()
-        except FileNotFoundError:  # never written: all fill value
-            return np.full(info["chunk-shape"], self.fill_value, self.dtype)
+        except FileNotFoundError:
+            if not self.missing_is_fill:  # the store says every chunk was written: this one is lost
+                raise FileNotFoundError(f"chunk {path} is missing: it was written, and has been lost since")
+            return np.full(info["chunk-shape"], self.fill_value, self.dtype)  # never written: fill value
         chunk = np.empty(self.chunk_shape, self.dtype)  # edge chunks are stored whole, padded
         # Blosc's 16-byte header: uncompressed size at bytes 4-7, compressed size at 12-15. Blosc
         # itself trusts it, and would read past the end of a truncated file.
@@ -57,7 +60,8 @@ class ChunkFiles:
         return chunk[tuple(slice(0, n) for n in info["chunk-shape"])]
 
 
-def read_chunks(array):
-    """``array`` (a ``zarr.Array``) as a Dask array of its chunks, each read by :class:`ChunkFiles`."""
-    return da.map_blocks(ChunkFiles(array), chunks=da.core.normalize_chunks(array.chunks, array.shape),
+def read_chunks(array, missing_is_fill=True):
+    """``array`` (a ``zarr.Array``) as a Dask array of its chunks, each read by :class:`ChunkFiles`;
+    a missing chunk file reads as the fill value, or (``missing_is_fill=False``) is an error."""
+    return da.map_blocks(ChunkFiles(array, missing_is_fill), chunks=da.core.normalize_chunks(array.chunks, array.shape),
                          dtype=array.dtype, meta=np.empty((0,) * array.ndim, array.dtype))

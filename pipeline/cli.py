@@ -6,6 +6,7 @@ line and exit with status 1.
 """
 import argparse
 import builtins
+import os
 import sys
 import typing
 
@@ -87,13 +88,35 @@ def main(argv=None):
         if env.rank == 0:
             print(f"rvae {args.command}: preempted: {err}", file=sys.stderr)
         return PREEMPTED_EXIT
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"rvae {args.command}: {rank}error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"rvae {args.command}: interrupted; unfinished outputs are not marked complete", file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get("RVAE_TRACEBACK"):
+            raise
+        message, status = describe_error(err)
+        print(f"rvae {args.command}: {rank}error: {' '.join(message.split())}", file=sys.stderr)
+        return status
     return 0
+
+
+def describe_error(err):
+    """``(one-line message, exit status)`` for an exception that ends a command.
+
+    Errors a user can cause (bad values, missing or existing paths, a full disk, a read-only or
+    forbidden path, too little memory) exit 1 and say what and where; anything else is a bug of
+    this program and exits 70 (EX_SOFTWARE), pointing to ``RVAE_TRACEBACK=1``.
+    """
+    if isinstance(err, OSError):
+        if err.strerror and err.filename:
+            return f"{err.strerror}: {err.filename!r}", 1
+        return (err.strerror or str(err)), 1
+    if isinstance(err, MemoryError):
+        return f"out of memory: {err or 'an allocation failed'}; ask for less (a smaller size, block or batch)", 1
+    if isinstance(err, (ValueError, TypeError)):
+        return str(err), 1
+    return (f"internal error: {type(err).__name__}: {err} (run again with RVAE_TRACEBACK=1 set for the "
+            f"traceback, and please report it)"), 70
 
 
 def _dispatch(args):

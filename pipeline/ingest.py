@@ -22,7 +22,8 @@ import xarray as xr
 
 from .compression import cube_codecs
 from .scheduler import compute
-from .stores import check_writable, reading, staged_output
+from .stores import (check_distinct, check_chunks, check_writable, open_store, reading, record_chunks,
+                     records_match, staged_output)
 
 CHUNK_BYTES = 32 * 2**20
 DEFAULT_DIMS = {2: ("y", "x"), 4: ("y", "x", "ky", "kx")}
@@ -173,6 +174,8 @@ def read_zarr(path, dataset=None):
     import zarr
 
     node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Group):  # a store of this pipeline says how many chunks it was written with
+        check_chunks(path, node.attrs.get("chunks_written"), "source")
     if isinstance(node, zarr.Array):
         return Source(da.from_zarr(node), dict(node.attrs))
     arrays = [name for name, arr in node.arrays() if arr.ndim >= 2]
@@ -319,16 +322,32 @@ def cube_chunks(dims, shape, dtype, file_chunks=None):
 
 
 def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, shard=None, overwrite=False,
-           progress=True):
-    """``rvae ingest``: convert ``source`` to a Zarr v3 cube at ``out``; returns the Dataset."""
+           reuse=False, progress=True, log=print):
+    """``rvae ingest``: convert ``source`` to a Zarr v3 cube at ``out``; returns the Dataset.
+
+    ``reuse``: an existing cube ingested from this same file (path, size, modification time) with
+    these same options is kept (``rvae run`` continuing a run).
+    """
+    check_distinct([out], [source])
+    options = {"dims": dims, "dataset": dataset, "pixel_size": pixel_size, "units": units, "shard": shard}
+    if not Path(source).exists():
+        raise FileNotFoundError(f"no source file at {str(source)!r}")
+    stat = Path(source).stat()
+    record = {"source": str(Path(source).resolve()), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
+              "options": json.dumps(options, sort_keys=True)}
+    if reuse and records_match(out, record):
+        log(f"{out}: up to date (ingested from this file with these options), kept")
+        return open_store(out, what="cube")
     check_writable(out, overwrite)
     dims = dims.split(",") if isinstance(dims, str) else dims
     ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units, shard=shard)
-    ds.attrs["source"] = str(Path(source).resolve())
-    with staged_output(out, overwrite) as staging, reading(source, "source"):
-        # write_empty_chunks: every chunk is written without zarr first checking it against the fill
-        # value, a pass that costs more than compressing it.
-        encoding = {"data": {**ds["data"].encoding, "compressors": cube_codecs(ds["data"].dtype)}}
-        compute(ds.to_zarr(staging, zarr_format=3, compute=False, write_empty_chunks=True, encoding=encoding),
-                progress=progress)
+    ds.attrs.update(record)
+    with staged_output(out, overwrite) as staging:
+        with reading(source, "source"):
+            # write_empty_chunks: every chunk is written without zarr first checking it against the fill
+            # value, a pass that costs more than compressing it.
+            encoding = {"data": {**ds["data"].encoding, "compressors": cube_codecs(ds["data"].dtype)}}
+            compute(ds.to_zarr(staging, zarr_format=3, compute=False, write_empty_chunks=True, encoding=encoding),
+                    progress=progress)
+        record_chunks(staging)
     return ds

@@ -13,15 +13,20 @@ normalisation needs; readers apply ``(value - offset) / scale`` from the store's
 are ordered cube chunk by cube chunk, so a block of samples needs one or two chunks and the
 memory in use stays a few chunks per worker thread, whatever the cube's size.
 """
+import json
+from pathlib import Path
+
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 
+from . import provenance
 from .compression import patch_codecs
 from .scheduler import compute
-from .stores import check_writable, open_cube, reading, staged_output
+from .stores import (check_distinct, check_writable, open_cube, open_store, reading, record_chunks,
+                     records_match, staged_output)
 from .windows import ScanGrid, WindowSpec, inside, window_bounds
 
 CHUNK_BYTES = 16 * 2**20  # patch store chunks (and Dask blocks) of about this size along `sample`
@@ -233,13 +238,25 @@ def store_block(samples, target, block_info=None):
     return np.array([[samples.min(), samples.max(), finite]], dtype=float)
 
 
-def write_patches(cube_path, out_path, *, variable="data", overwrite=False, progress=True, **options):
-    """``rvae patches``: extract and write the patch store in one pass over the cube; returns the store."""
+def write_patches(cube_path, out_path, *, variable="data", overwrite=False, reuse=False, progress=True, log=print,
+                  **options):
+    """``rvae patches``: extract and write the patch store in one pass over the cube; returns the store.
+
+    The store records the cube it was cut from (path and :func:`~pipeline.provenance.store_fingerprint`),
+    which the encode stage checks. ``reuse``: an existing store cut from this same cube with these
+    same options is kept as it is (``rvae run`` continuing a run).
+    """
+    check_distinct([out_path], [cube_path, options.get("points")])
     cube = open_cube(cube_path, variable)
+    record = {"source_fingerprint": provenance.store_fingerprint(cube_path, variable), "variable": variable,
+              "options": json.dumps(options, sort_keys=True, default=str)}
+    if reuse and Path(out_path).exists() and records_match(out_path, record):
+        log(f"{out_path}: up to date (cut from this cube with these options), kept")
+        return open_store(out_path, what="patch store")
     check_writable(out_path, overwrite)
     with reading(cube_path):
         ds = extract_patches(cube, **options)
-    ds.attrs.update(source=str(cube_path), variable=variable)
+    ds.attrs.update(source=str(Path(cube_path).resolve()), source_shape=list(cube.shape), **record)
     coords = [name for name, v in ds.coords.items() if v.chunks]  # each sample's centre, lazily
     with staged_output(out_path, overwrite) as staging:
         ds.to_zarr(staging, zarr_format=3, compute=False,  # metadata and in-memory variables; Dask ones below
@@ -266,5 +283,6 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, prog
                              f"clean or mask them before extracting patches")
         spec = WindowSpec.from_attrs(ds.attrs).normalised_by(float(lo), float(hi))
         zarr.open_group(str(staging), mode="r+").attrs.update(spec.to_attrs())
+        record_chunks(staging)
         zarr.consolidate_metadata(str(staging))
     return xr.open_zarr(out_path)

@@ -38,3 +38,22 @@ def modification_time(path):
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+SAMPLED_CHUNKS = 4  # chunk files whose bytes join a store's fingerprint (spread evenly over the array)
+
+
+def store_fingerprint(path, variable):
+    """A short digest that identifies the content of ``variable`` in the Zarr store at ``path``
+    without reading all of it: its metadata (shape, dtype, chunks, codecs), the name and size of
+    every chunk file, and the bytes of a few of them. Copies of a store share it; a store written
+    anew with other values, or one that lost or changed chunks, almost surely does not."""
+    array = Path(path) / variable
+    digest = hashlib.sha256((array / "zarr.json").read_bytes() if (array / "zarr.json").exists() else b"")
+    chunks = sorted((p for p in array.rglob("*") if p.is_file() and p.name != "zarr.json"), key=str)
+    for chunk in chunks:
+        digest.update(f"{chunk.relative_to(array)}:{chunk.stat().st_size};".encode())
+    step = max(1, len(chunks) // SAMPLED_CHUNKS)
+    for chunk in chunks[::step][:SAMPLED_CHUNKS]:
+        digest.update(chunk.read_bytes())
+    return digest.hexdigest()[:32]

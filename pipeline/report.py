@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .stores import open_store
+from .stores import check_distinct, open_store, output_lock, writing
 
 
 def write_report(results_path, out_dir, *, overwrite=False, log=print):
@@ -17,6 +17,7 @@ def write_report(results_path, out_dir, *, overwrite=False, log=print):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_distinct([out_dir], [results_path])
     results = open_store(results_path, what="results store").load()
     if not results.attrs.get("complete"):
         raise ValueError(f"{str(results_path)!r} is unfinished (no complete=true); run rvae encode to the end first")
@@ -24,7 +25,12 @@ def write_report(results_path, out_dir, *, overwrite=False, log=print):
     figures = {name: out / f"{name}.png" for name in ("rotation_map", "latent_maps", "latent_scatter", "manifold")}
     if not overwrite and any(p.exists() for p in [*figures.values(), out / "summary.txt"]):
         raise FileExistsError(f"{str(out)!r} already holds a report; choose another directory or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out), writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        return _draw(plt, results, out, figures, log)
+
+
+def _draw(plt, results, out, figures, log):
     symmetry = int(results.attrs.get("symmetry", 1))
     points = "sample" in results.dims
     background = _background(results) if points else None
@@ -52,7 +58,8 @@ def write_report(results_path, out_dir, *, overwrite=False, log=print):
     ax.set(xlabel="z0", ylabel="z1", title="latent space")
     _save(fig, figures["latent_scatter"])
 
-    _manifold(plt, results, z, figures["manifold"])
+    if not _manifold(plt, results, z, figures["manifold"], log):
+        del figures["manifold"]
     summary = _summary(results, symmetry)
     (out / "summary.txt").write_text(summary)
     log(summary.rstrip())
@@ -90,19 +97,29 @@ def _extent(x, y):
     return (x[0] - dx / 2, x[-1] + dx / 2, y[-1] + dy / 2, y[0] - dy / 2)
 
 
-def _manifold(plt, results, z, path, n=8):
-    """Decoded images on a grid spanning the encoded latents' 5th-95th percentiles (angle 0)."""
+def _manifold(plt, results, z, path, log, n=8):
+    """Decoded images on a grid spanning the encoded latents' 5th-95th percentiles (angle 0),
+    from the checkpoint the results name, if it is still there and unchanged; returns whether
+    the figure was drawn."""
     from models import load_checkpoint, manifold2d
 
+    from .provenance import file_sha256
+
+    checkpoint = results.attrs.get("checkpoint")
     try:
-        model, _ = load_checkpoint(results.attrs["checkpoint"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return
+        if file_sha256(checkpoint) != results.attrs.get("checkpoint_sha256"):
+            log(f"manifold skipped: checkpoint {checkpoint!r} changed since the results were encoded")
+            return False
+        model, _ = load_checkpoint(checkpoint)
+    except (OSError, ValueError, TypeError) as err:
+        log(f"manifold skipped: cannot use checkpoint {checkpoint!r} ({' '.join(str(err).split())[:120]})")
+        return False
     mosaic, extent = manifold2d(model, z.T, n=n)
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(mosaic, cmap="gray", extent=extent, aspect="auto")
     ax.set(xlabel="z0", ylabel="z1", title="latent manifold (angle 0)")
     _save(fig, path)
+    return True
 
 
 def _summary(results, symmetry):

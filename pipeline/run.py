@@ -19,6 +19,8 @@ def run(config, *, overwrite=False, progress=True, log=print):
 
 
 def _run_stages(config, overwrite, progress, log):
+    """Each stage runs, resumes, or (its output complete, of these same inputs and settings) is
+    kept as it is, so the same command continues a run that stopped anywhere."""
     from .encode import encode
     from .ingest import ingest
     from .patches import write_patches
@@ -27,24 +29,31 @@ def _run_stages(config, overwrite, progress, log):
     from .train import train
 
     paths = stage_paths(config.workdir)
+    reuse = not overwrite
     if config.input is None:
         log(f"[synth] {config.synthetic.kind} -> {paths['cube']}")
-        write_synthetic(paths["cube"], overwrite=overwrite, **config.synthetic.model_dump())
+        write_synthetic(paths["cube"], overwrite=overwrite, reuse=reuse, log=log, **config.synthetic.model_dump())
     elif _is_cube(config.input):
         paths["cube"] = Path(config.input)
     else:
         log(f"[ingest] {config.input} -> {paths['cube']}")
-        ingest(config.input, paths["cube"], overwrite=overwrite, progress=progress, **config.ingest.model_dump())
+        ingest(config.input, paths["cube"], overwrite=overwrite, reuse=reuse, progress=progress, log=log,
+               **config.ingest.model_dump())
     log(f"[patches] {config.patches.mode} windows -> {paths['patches']}")
-    write_patches(paths["cube"], paths["patches"], overwrite=overwrite, progress=progress, **config.patches.model_dump())
+    write_patches(paths["cube"], paths["patches"], overwrite=overwrite, reuse=reuse, progress=progress, log=log,
+                  **config.patches.model_dump())
     log(f"[train] -> {paths['checkpoint']}")
     train(paths["patches"], paths["checkpoint"], model_options=config.model.model_dump(),
-          overwrite=overwrite, log=log, **config.train.model_dump())
+          overwrite=overwrite, reuse=reuse, log=log, **config.train.model_dump())
     log(f"[encode] -> {paths['results']}")
-    encode(paths["cube"], paths["patches"], paths["checkpoint"], paths["results"], overwrite=overwrite,
+    encode(paths["cube"], paths["patches"], paths["checkpoint"], paths["results"], overwrite=overwrite, reuse=reuse,
            config_text=to_yaml(config), variable=config.patches.variable, log=log, **config.encode.model_dump())
     log(f"[report] -> {paths['report']}")
-    write_report(paths["results"], paths["report"], overwrite=overwrite, log=log)
+    summary, results = paths["report"] / "summary.txt", paths["results"] / "zarr.json"
+    if reuse and summary.exists() and summary.stat().st_mtime >= results.stat().st_mtime:
+        log(f"{paths['report']}: already drawn from these results, kept")
+    else:
+        write_report(paths["results"], paths["report"], overwrite=overwrite, log=log)
     return paths
 
 

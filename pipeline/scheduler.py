@@ -44,8 +44,11 @@ def dask_scheduler(kind="local"):
         # context: that logger stays quiet for the rest of the process.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         try:
+            # No dashboard; the scheduler's own HTTP endpoint on a free port, not 8787: a second rvae
+            # on the node would otherwise print a port-in-use warning.
             with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+                              dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"}
+                              ) as cluster, Client(cluster) as client:
                 yield client
         finally:
             quiet.setLevel(level)

@@ -142,16 +142,27 @@ def rotating_diffraction(*, size=16, detector=32, grains=4, dose=200.0, pixel_si
                "grain_angles_deg": np.degrees(angles).round(3).tolist(), "seed": seed})
 
 
-def write_synthetic(path, *, kind="lattice", overwrite=False, **params):
-    """Generate the embedded dataset and write it as a Zarr v3 cube. Returns the Dataset."""
-    from .stores import staged_output
+def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=print, **params):
+    """Generate the embedded dataset and write it as a Zarr v3 cube. Returns the Dataset.
+
+    ``reuse``: an existing cube made with these same parameters is kept (``rvae run`` continuing).
+    """
+    import json
+
+    from .stores import open_store, record_chunks, records_match, staged_output
 
     make = {"lattice": lattice_grains, "4dstem": rotating_diffraction}[kind]
     if kind == "4dstem":
         params = {k: v for k, v in params.items() if k in ("size", "grains", "dose", "pixel_size", "seed")}
         params["size"] = min(params.get("size", 16), 64)
+    record = {"synthetic": json.dumps({"kind": kind, **params}, sort_keys=True)}
+    if reuse and records_match(path, record):
+        log(f"{path}: up to date (made with these parameters), kept")
+        return open_store(path, what="cube")
     ds = make(**params)
+    ds.attrs.update(record)
     chunks = {"y": 256, "x": 256} if kind == "lattice" else {"y": 16, "x": 16}
     with staged_output(path, overwrite) as staging:
         ds.chunk(chunks).to_zarr(staging, zarr_format=3)
+        record_chunks(staging)
     return ds

@@ -21,7 +21,8 @@ from models import RVAE, load_checkpoint, save_checkpoint
 
 from .dataset import ShardedPatchReader
 from .distributed import make_strategy
-from .stores import check_writable
+from .provenance import store_fingerprint
+from .stores import check_distinct, check_writable, output_lock, writing
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again" -- resubmit the same command to resume
 
@@ -51,32 +52,42 @@ class PreemptionFlag:
 
 def train(patches_path, checkpoint_path, *, model_options=None, epochs=30, batch_size=128, lr=1e-3, seed=0,
           threads=None, backend="none", compression="none", precision="fp32", compile=False, checkpoint_every=None,
-          timeout=300, overwrite=False, log=print):
+          timeout=300, overwrite=False, reuse=False, log=print):
     """``rvae train``: returns the trained model (unwrapped); the checkpoint is written atomically.
 
     ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank.
+    ``reuse``: a finished checkpoint of this same run and length is kept (``rvae run`` continuing).
     One line per epoch (rank 0) reports the mean -ELBO per sample and the images/s of all ranks.
     """
+    check_distinct([checkpoint_path], [patches_path])
+    if Path(checkpoint_path).is_dir():
+        raise IsADirectoryError(f"checkpoint {str(checkpoint_path)!r} is a directory; name a file, e.g. model.ckpt")
     strategy = make_strategy(backend, timeout=timeout, compression=compression)
     strategy.setup()
     try:
-        return _train(strategy, patches_path, checkpoint_path, model_options or {}, epochs, batch_size, lr, seed,
-                      threads, precision, compile, checkpoint_every, overwrite, log)
+        # rank 0 writes the checkpoint: it alone holds the output's lock
+        with output_lock(checkpoint_path) if strategy.is_main else contextlib.nullcontext():
+            return _train(strategy, patches_path, checkpoint_path, model_options or {}, epochs, batch_size, lr,
+                          seed, threads, precision, compile, checkpoint_every, overwrite, reuse, log)
     finally:
         strategy.shutdown()
 
 
 def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch_size, lr, seed, threads,
-           precision, compile_model, checkpoint_every, overwrite, log):
+           precision, compile_model, checkpoint_every, overwrite, reuse, log):
     log = log if strategy.is_main else (lambda line: None)
     if threads:
         torch.set_num_threads(threads)
     device = strategy.device
     reader = ShardedPatchReader(patches_path, batch_size=batch_size, rank=strategy.rank,
                                 world_size=strategy.world_size, seed=seed, pin_memory=device.type == "cuda")
-    settings = {"patches": str(patches_path), "batch_size": batch_size, "lr": lr, "seed": seed,
-                "world_size": strategy.world_size, "model": dict(model_options)}
-    resumed = _resume_state(checkpoint_path, settings, overwrite)
+    settings = {"patches": str(patches_path), "patches_fingerprint": store_fingerprint(patches_path, "patches"),
+                "batch_size": batch_size, "lr": lr, "seed": seed, "world_size": strategy.world_size,
+                "model": dict(model_options)}
+    resumed = _resume_state(checkpoint_path, settings, epochs, overwrite, reuse)
+    if resumed is not None and resumed.get("finished"):
+        log(f"{checkpoint_path}: up to date (trained on this patch store with these settings), kept")
+        return load_checkpoint(checkpoint_path)[0]
 
     torch.manual_seed(seed)  # identical initial parameters on every rank
     model = RVAE(reader.sample_shape, **model_options).to(device)
@@ -84,12 +95,15 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     start_epoch, start_step, history = 1, 0, []
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
-        optimizer.load_state_dict(resumed["optimizer"])
         start_epoch, start_step, history = resumed["epoch"], resumed["step"], resumed["history"]
         log(f"resuming from {checkpoint_path}: epoch {start_epoch}, step {start_step}")
     with torch.no_grad():  # materialise any lazily created (Pyro) parameters before wrapping
         model.loss(torch.zeros(2, *reader.sample_shape, device=device))
     wrapped, optimizer = strategy.wrap(model, optimizer)
+    if resumed is not None:
+        # after wrapping: Horovod's DistributedOptimizer is a new optimizer built from the param
+        # groups, without the state of the one it wraps (every rank loads the same state)
+        optimizer.load_state_dict(resumed["optimizer"])
     step_fn = torch.compile(wrapped) if compile_model else wrapped
     # independent ELBO noise per rank, reproducible across restarts
     if resumed is not None:
@@ -102,9 +116,10 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     def save(epoch, step, finished=False):
         rng = strategy.allgather(torch.get_rng_state())
         if strategy.is_main:
-            save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(), epoch=epoch, step=step,
-                            finished=finished, rng=rng, history=history, settings=settings,
-                            patch_attrs=reader.attrs)
+            with writing(checkpoint_path):
+                save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(), epoch=epoch, step=step,
+                                finished=finished, epochs=epochs, rng=rng, history=history, settings=settings,
+                                patch_attrs=reader.attrs)
         strategy.barrier()  # no rank exits (and gets its peers killed) before the file is written
 
     steps_done, vote = 0, None
@@ -144,14 +159,19 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     return model
 
 
-def _resume_state(checkpoint_path, settings, overwrite):
-    """The unfinished checkpoint of this same run to resume from, or None to start afresh."""
+def _resume_state(checkpoint_path, settings, epochs, overwrite, reuse):
+    """The checkpoint of this same run to resume from (or, with ``reuse``, a finished one trained
+    for ``epochs`` to keep), or None to start afresh."""
     if not Path(checkpoint_path).exists() or overwrite:
         return None
     _, payload = load_checkpoint(checkpoint_path)
+    same_run = payload.get("settings") == settings
     if payload.get("finished", True):
+        if reuse and same_run and payload.get("epochs") == epochs:
+            return payload
         check_writable(checkpoint_path, overwrite)  # raises: a finished model is never replaced silently
-    if payload.get("settings") != settings:
-        raise FileExistsError(f"{str(checkpoint_path)!r} is an unfinished checkpoint of a different run "
-                              f"(patches, batch size, lr, seed, ranks or model differ); pass --overwrite to start afresh")
+    if not same_run:
+        differ = sorted(k for k in settings if (payload.get("settings") or {}).get(k) != settings[k])
+        raise FileExistsError(f"{str(checkpoint_path)!r} is an unfinished checkpoint of a different run (its "
+                              f"{', '.join(differ)} differ); pass --overwrite to start afresh")
     return payload

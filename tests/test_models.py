@@ -132,7 +132,7 @@ def test_checkpoint_round_trip_restores_the_model_from_the_file_alone(tmp_path):
     assert payload["epoch"] == 3 and restored.config == model.config
     x = torch.rand(4, 1, 12, 12)
     torch.testing.assert_close(restored.encode(x), model.encode(x))
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob(".*partial*"))
 
 
 def test_unknown_decoder_is_a_clear_error():
