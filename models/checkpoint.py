@@ -5,6 +5,7 @@ It is read with torch's restricted unpickler (``weights_only=True``), which buil
 a file that names any other class or function is refused before anything in it runs, so a
 checkpoint shared between users cannot execute code on the machine that loads it.
 """
+import io
 import os
 import pickle
 import tempfile
@@ -25,10 +26,17 @@ def save_checkpoint(path, model, **extra):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     payload = {"format": FORMAT, "config": dict(model.config), "state_dict": model.state_dict(), **extra}
+    # Serialised in memory first: torch's zip writer reports a failed file write (a full disk) as
+    # "unexpected pos", not as the OSError it was. Synced before the rename, so a crash leaves the
+    # old file or the whole new one.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.partial-")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -10,6 +10,8 @@ but the client exits when the stage ends. Start at least 3 ranks.
 import logging
 import os
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 
 SCHEDULERS = ("threads", "local", "mpi")
@@ -83,8 +85,13 @@ def match_zarr_pool(threads):
 
 
 def compute(*collections, progress=True):
-    """``dask.compute`` on the active scheduler, with a progress bar for work longer than 2 s."""
+    """``dask.compute`` on the active scheduler, with a progress bar for work longer than 2 s.
+
+    When a task fails, this returns (raises) only once no other task of the computation is still
+    running: a caller then removing a half-written output is not raced by writes still in flight.
+    """
     import dask
+    import dask.threaded
 
     client = None
     if "distributed" in sys.modules:  # no client can exist unless distributed was imported
@@ -95,14 +102,38 @@ def compute(*collections, progress=True):
         except ValueError:
             pass
     if client is None:
-        with progress_bar(progress):
-            return dask.compute(*collections)
+        if dask.base.get_scheduler() not in (None, dask.threaded.get):  # None: arrays' default, threads
+            with progress_bar(progress):
+                return dask.compute(*collections)
+        # Dask's threaded scheduler raises on the first error while the pool's other tasks run on;
+        # a pool of our own is shut down (queued tasks cancelled, running ones awaited) first.
+        threads = dask.config.get("num_workers", None) or os.cpu_count()
+        with progress_bar(progress), ThreadPoolExecutor(threads) as pool:
+            try:
+                return dask.compute(*collections, pool=pool)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     from distributed import progress as distributed_progress
 
     futures = client.compute(list(collections))
-    if progress:
-        distributed_progress(futures, minimum=2)
-    return tuple(client.gather(futures))
+    try:
+        if progress:
+            distributed_progress(futures, minimum=2)
+        return tuple(client.gather(futures))
+    except BaseException:
+        client.cancel(futures)
+        wait_until_idle(client)
+        raise
+
+
+def wait_until_idle(client, timeout=60):
+    """Wait (at most ``timeout`` s) until no worker of ``client`` runs a task."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(client.run(lambda dask_worker: dask_worker.state.executing_count).values()):
+            return
+        time.sleep(0.05)
 
 
 def progress_bar(enabled):

@@ -10,6 +10,7 @@ one of the stage's inputs, nor inside or around one (:func:`check_distinct`).
 A store records how many chunks each of its arrays was written with (``chunks_written``), so a
 chunk file lost later is an error when the store is opened, not a silent fill value.
 """
+import errno
 import fcntl
 import os
 import shutil
@@ -105,6 +106,10 @@ def _first_missing_chunk(array_path):
     return None
 
 
+# Errors only a write can cause: a full disk or quota, a read-only file system, a file too large.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
 @contextmanager
 def reading(path, what="cube"):
     """Report a failure deep inside a Dask read (a corrupt or truncated chunk) as one clear error.
@@ -117,7 +122,7 @@ def reading(path, what="cube"):
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, MemoryError, KeyboardInterrupt):
         raise
     except OSError as err:
-        if err.filename and not is_within(err.filename, path):
+        if err.errno in WRITE_ERRORS or (err.filename and not is_within(err.filename, path)):
             raise
         raise ValueError(f"cannot read {what} {str(path)!r}: {err.strerror or err}") from err
     except Exception as err:  # codecs and stores raise RuntimeError, KeyError, ...

@@ -190,3 +190,57 @@ def test_batches_spanning_shuffle_groups_keep_the_samples_in_order(small_patches
     batches = list(spanning.batches(1))
     assert len(batches) == spanning.steps_per_epoch(1) == len(order) // 24 > 1
     assert torch.equal(torch.cat(batches), order[:24 * len(batches)])
+
+
+RESUME_OPTIONS = ["--epochs", "4", "--batch-size", "8", "--threads", "1", "--hidden", "64,64", "--timeout", "60"]
+
+
+def rvae_ranks(backend, launcher, checkpoint, patches):
+    """The command line of ``rvae train`` on 2 ranks under ``launcher``."""
+    if launcher == "torchrun":
+        start = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", "29643"]
+    else:
+        start = LAUNCHERS[launcher](2)
+    return [*start, "-m", "pipeline.cli", "train", str(patches), str(checkpoint), "--backend", backend, *RESUME_OPTIONS]
+
+
+@pytest.mark.parametrize("backend, launcher", [("ddp", "torchrun"), ("horovod", "mpirun")])
+def test_two_ranks_preempted_then_resumed_equal_an_uninterrupted_two_rank_run(backend, launcher, small_patches,
+                                                                                tmp_path):
+    """Every rank stops at the same step on one rank's SIGUSR1; the resumed run continues with the
+    optimizer's state as saved (Horovod's DistributedOptimizer would start Adam afresh)."""
+    import psutil
+
+    if backend == "horovod":
+        assert horovod_available(), "Horovod is not built: run `make horovod` (CI does)"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{BIN}:{os.environ['PATH']}",
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    straight = subprocess.run(rvae_ranks(backend, launcher, tmp_path / "straight.ckpt", small_patches),
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    stopped = tmp_path / "stopped.ckpt"
+    proc = subprocess.Popen(rvae_ranks(backend, launcher, stopped, small_patches), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    first = proc.stdout.readline()
+    assert first.startswith("epoch   1/4"), first + proc.stderr.read()[-3000:]
+    time.sleep(0.3)
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "pipeline.cli" in " ".join(p.cmdline())]
+    assert len(ranks) == 2
+    ranks[1].send_signal(signal.SIGUSR1)  # one rank only: the others learn of it through the vote
+    _, err = proc.communicate(timeout=120)
+    # srun and mpirun pass the ranks' status 75 on; torchrun's agent reports any failed worker as 1
+    assert proc.returncode == (1 if launcher == "torchrun" else 75), err[-3000:]
+    assert "preempted" in err
+    _, payload = load_checkpoint(stopped)
+    assert not payload["finished"] and (payload["epoch"], payload["step"]) > (2, 0)
+
+    resumed = subprocess.run(rvae_ranks(backend, launcher, stopped, small_patches), capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    (a, straight_payload), (b, resumed_payload) = load_checkpoint(tmp_path / "straight.ckpt"), load_checkpoint(stopped)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
+    steps = [next(iter(p["optimizer"]["state"].values()))["step"] for p in (straight_payload, resumed_payload)]
+    assert steps[0] == steps[1]  # Adam's step count carried across the restart
