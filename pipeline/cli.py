@@ -122,7 +122,10 @@ def describe_error(err):
 def _dispatch(args):
     from .scheduler import dask_scheduler
 
-    with dask_scheduler(getattr(args, "dask", "threads")):
+    kind = getattr(args, "dask", "threads")
+    if args.command == "encode" and kind != "mpi":
+        kind = "threads"  # blocks are read in this process (pipeline.encode): no cluster to start
+    with dask_scheduler(kind):
         _run_command(args)
 
 
@@ -157,10 +160,10 @@ def _run_command(args):
               model_options=_section_values(args, cfg.ModelConfig), **_section_values(args, cfg.TrainConfig))
         print(f"wrote {args.checkpoint}")
     elif command == "encode":
-        from .encode import encode
+        from .encode import encode_on
 
-        encode(args.cube, args.patches, args.checkpoint, args.out, overwrite=args.overwrite,
-               **_section_values(args, cfg.EncodeConfig))
+        encode_on(args.dask, args.cube, args.patches, args.checkpoint, args.out, overwrite=args.overwrite, log=print,
+                  **_section_values(args, cfg.EncodeConfig))
         print(f"wrote {args.out}")
     elif command == "report":
         from .report import write_report

@@ -86,6 +86,9 @@ class EncodeConfig(Section):
     batch_size: int = Field(1024, ge=1)
     block: int = Field(4096, ge=1, description="samples per streamed block (a results chunk)")
     symmetry: int = Field(1, ge=1, description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the model (GPU)")
+    threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
+    timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")
 
 
 class RunConfig(Section):

@@ -198,8 +198,9 @@ class HorovodStrategy(NoStrategy):
 STRATEGIES = {"none": NoStrategy, "ddp": DDPStrategy, "horovod": HorovodStrategy}
 
 
-def make_strategy(backend, *, timeout=300, compression="none"):
-    """The strategy for ``backend``; ``compression="fp16"`` halves the bytes each gradient allreduce sends."""
+def make_strategy(backend, *, timeout=300, compression="none", environment=None):
+    """The strategy for ``backend``; ``compression="fp16"`` halves the bytes each gradient allreduce
+    sends; ``environment``: the ranks (default: detected from the launcher)."""
     if backend not in STRATEGIES:
         raise ValueError(f"backend {backend!r} is not one of {sorted(STRATEGIES)}")
-    return STRATEGIES[backend](timeout=timeout, compression=compression)
+    return STRATEGIES[backend](environment, timeout=timeout, compression=compression)

@@ -2,14 +2,25 @@
 
 Every position recorded in the patch store (each atom column, each grid window, each scan
 position) is encoded, a block of positions at a time: a block reads only the cube region its
-windows cover. The results' layout is written first (a template); each finished block then
-fills its own chunk-aligned region and ticks its entry in ``block_done``, so an interrupted run
-resumes where it stopped. ``attrs["complete"] = True`` is written last.
+windows cover. The results' layout is written first (a template, :mod:`pipeline.results`); each
+finished block then fills its own chunk-aligned region and ticks its own entry of ``block_done``,
+so an interrupted run resumes where it stopped. ``attrs["complete"] = True`` is written last.
+
+Who encodes the blocks:
+
+* one process, or N ranks of an ``srun``/``mpirun``/``torchrun`` launch (:func:`encode`):
+  the blocks still to do are dealt round-robin; each rank reads the next block's region and
+  cuts its windows in a background thread while its model encodes the current one (on the
+  rank's GPU where there is one), and writes its own blocks; rank 0 checks and creates the
+  store, and marks it complete once every rank has finished;
+* the workers of a Dask cluster (``--dask mpi``, :func:`encode_with_dask`): every block is a
+  task, the model is sent to each worker once.
 """
-import math
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
@@ -18,156 +29,222 @@ import zarr
 from models import load_checkpoint
 
 from . import provenance
-from .patches import check_cube, cube_region, positions_to_encode, to_physical
+from .distributed import ClusterEnvironment, make_strategy
+from .patches import check_cube, cube_region, positions_to_encode
+from .results import EncodePlan, results_template, write_block
 from .stores import check_distinct, open_cube, open_store, output_lock, reading, record_chunks, staged_output, writing
 from .windows import WindowSpec
 
 
-def wrap_angle(angle, symmetry=1):
-    """Wrap radians into ``(-pi/n, pi/n]`` for an n-fold symmetric object."""
-    half = np.pi / symmetry
-    return half - np.mod(half - angle, 2 * half)
-
-
-class EncodePlan:
-    """Which positions form each block and where each block's results go."""
-
-    def __init__(self, mode, positions, block):
-        self.mode = mode
-        self.positions = positions  # a ScanGrid in grid and frames modes, (N, 2) for points
-        if self.mode == "points":
-            self.shape, self.dims = (len(positions),), ("sample",)
-            self.step = block
-        else:
-            self.shape, self.dims = positions.shape, ("y", "x")
-            self.step = max(1, block // self.shape[1]) * self.shape[1]  # whole rows of the grid
-        self.chunks = (self.step,) if self.mode == "points" else (self.step // self.shape[1], self.shape[1])
-        self.n_blocks = math.ceil(len(positions) / self.step)
-
-    def block(self, b):
-        """Flat position indices of block ``b`` and its region in the results' dims."""
-        start, stop = b * self.step, min((b + 1) * self.step, len(self.positions))
-        if self.mode == "points":
-            region = (slice(start, stop),)
-        else:
-            region = (slice(start // self.shape[1], stop // self.shape[1]), slice(None))
-        return slice(start, stop), region
-
-
-def results_template(plan, cube, model, symmetry, attrs):
-    """The results Dataset, lazily zero-filled, with coordinates and units."""
-    latent = model.latent_dim
-    space = plan.shape
-
-    def empty(*lead, dtype=np.float32):
-        return da.full((*lead, *space), np.nan, dtype=dtype, chunks=(*lead, *plan.chunks))
-
-    def physical(dim, px):
-        return to_physical(px, cube[dim].values)
-
-    if plan.mode == "points":
-        rows, cols = plan.positions[:, 0], plan.positions[:, 1]
-        coords = {"y": ("sample", physical("y", rows), dict(cube["y"].attrs)),
-                  "x": ("sample", physical("x", cols), dict(cube["x"].attrs)),
-                  "row": ("sample", rows, {"units": "px"}), "col": ("sample", cols, {"units": "px"})}
-    else:
-        coords = {"y": ("y", physical("y", np.asarray(plan.positions.rows)), dict(cube["y"].attrs)),
-                  "x": ("x", physical("x", np.asarray(plan.positions.cols)), dict(cube["x"].attrs))}
-    coords["latent"] = ("latent", np.arange(latent))
-    half = np.pi / symmetry
-    data = {
-        "z": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent mean"}),
-        "z_std": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent posterior std"}),
-        "recon_error": (plan.dims, empty(), {"units": "1", "long_name": "mean squared reconstruction error (normalised)"}),
-        "block_done": (("block",), da.zeros(plan.n_blocks, dtype=np.int8, chunks=1), {"long_name": "1 where a block is written"}),
-    }
-    if model.rotation:
-        data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, wrapped to (-pi/{symmetry}, pi/{symmetry}]",
-                                               "valid_range": [-half, half]})
-        data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
-    if model.translation:
-        for axis in ("y", "x"):
-            data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})
-    return xr.Dataset(data, coords=coords, attrs={**attrs, "complete": False})
-
-
-def encode_block(model, spec, cube, positions, batch_size):
-    """Encode one block: ``(mean, std, recon_error)`` as NumPy arrays."""
+def cut_block(spec, cube, positions):
+    """The normalised samples of one block, read from the cube region its windows cover."""
     region, local = cube_region(spec, cube.data, positions)
-    samples = spec.samples(region.compute(), local)
+    samples = spec.samples(region.compute(scheduler="sync"), local)  # this thread reads: no scheduler round trip
     if not np.isfinite(samples).all():
-        raise ValueError(f"non-finite values in the cube near row {positions[0, 0]:.0f}, col {positions[0, 1]:.0f}")
+        row, col = np.asarray(positions)[0]
+        raise ValueError(f"non-finite values in the cube near row {row:.0f}, col {col:.0f}")
+    return samples
+
+
+def encode_samples(model, samples, batch_size, device=torch.device("cpu"), precision="fp32"):
+    """``(mean, std, recon_error)`` of every sample as NumPy arrays, ``batch_size`` at a time."""
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    samples = torch.from_numpy(samples)
     means, stds, errors = [], [], []
-    for i in range(0, len(samples), batch_size):
-        x = torch.from_numpy(samples[i:i + batch_size])
-        mean, std = model.encode(x)
-        recon = model.decode(mean)
-        means.append(mean.numpy()), stds.append(std.numpy())
-        errors.append(((recon - x) ** 2).mean(dim=(1, 2, 3)).numpy())
-    return np.concatenate(means), np.concatenate(stds), np.concatenate(errors)
+    with torch.inference_mode(), autocast:
+        for i in range(0, len(samples), batch_size):
+            x = samples[i:i + batch_size]
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
+            mean, std = model.encode(x)
+            recon = model.decode(mean)
+            means.append(mean.float()), stds.append(std.float())
+            errors.append(((recon.float() - x) ** 2).mean(dim=(1, 2, 3)))
+    return tuple(torch.cat(parts).cpu().numpy() for parts in (means, stds, errors))
 
 
-def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096,
-           symmetry=1, overwrite=False, reuse=False, config_text=None, variable=None, log=print):
+class EncodeJob:
+    """Everything an encode needs, checked: the model, the sample spec, the cube, the plan, and
+    the record that makes two encodes the same run. Built the same way on every rank."""
+
+    def __init__(self, cube_path, patches_path, checkpoint_path, out_path, *, block, symmetry, variable=None,
+                 config_text=None):
+        check_distinct([out_path], [cube_path, patches_path, checkpoint_path])
+        self.model, payload = load_checkpoint(checkpoint_path)
+        self.model.eval()
+        patch_store = open_store(patches_path, what="patch store")
+        attrs = dict(patch_store.attrs)
+        if "patches" not in patch_store or "mode" not in attrs:
+            raise ValueError(f"{str(patches_path)!r} is not a patch store (no 'patches' variable); "
+                             f"make one with rvae patches")
+        self.spec = spec = WindowSpec.from_attrs(attrs)
+        variable = variable or attrs.get("variable", "data")
+        self.cube = check_cube(open_cube(cube_path, variable), attrs["mode"], spec.channels)
+        source_fingerprint = provenance.store_fingerprint(cube_path, variable)
+        check_patch_source(attrs, patches_path, cube_path, source_fingerprint)
+        if tuple(self.model.image_shape[1:]) != spec.sample_shape(self.cube.shape[2:]):
+            raise ValueError(f"checkpoint expects {self.model.image_shape[1:]} samples, the patch store makes "
+                             f"{spec.sample_shape(self.cube.shape[2:])}: train on this patch store first")
+        trained_on = WindowSpec.from_attrs(payload["patch_attrs"]) if payload.get("patch_attrs") else spec
+        if trained_on != spec:
+            raise ValueError(f"checkpoint {str(checkpoint_path)!r} was trained on samples made otherwise "
+                             f"({trained_on}) than patch store {str(patches_path)!r} makes them ({spec}); "
+                             f"train on this patch store")
+        self.plan = EncodePlan(attrs["mode"], positions_to_encode(patch_store), block)
+        self.cube_path, self.out_path, self.symmetry = cube_path, out_path, symmetry
+        self.run_record = {  # what makes two encodes the same run: checked before resuming or reusing
+            "source_fingerprint": source_fingerprint, "variable": variable,
+            "patches_fingerprint": provenance.store_fingerprint(patches_path, "patches"),
+            "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "symmetry": symmetry, "block": block}
+        self.attrs = {
+            "source": str(Path(cube_path).resolve()), "source_mtime": provenance.modification_time(cube_path),
+            "patches": str(Path(patches_path).resolve()), "checkpoint": str(Path(checkpoint_path).resolve()),
+            "mode": self.plan.mode, "config": config_text or "", "software_version": provenance.software_version(),
+            "git_commit": provenance.git_commit(), "created": provenance.now(), **self.run_record}
+
+    def open(self, overwrite, reuse):
+        """The results group to fill, or None (``reuse`` found complete results of this run).
+        Call with the output's lock held."""
+        return _open_or_create(self, overwrite, reuse)
+
+    def cut(self, b):
+        """Block ``b``'s samples and its region in the results."""
+        positions, region = self.plan.block(b)
+        with reading(self.cube_path):
+            return cut_block(self.spec, self.cube, positions), region
+
+    def write(self, group, region, posterior, b):
+        """One block's results into its region, then its entry of ``block_done``."""
+        with writing(self.out_path):
+            write_block(group, self.plan, self.model, region, *posterior, self.symmetry)
+            group["block_done"][b] = 1
+
+    def finish(self, group, world_size):
+        """Mark the store complete: after every block is written, by one writer."""
+        with writing(self.out_path):
+            record_chunks(self.out_path)
+            group.attrs["world_size"] = world_size
+            group.attrs["complete"] = True  # last: a store without it is unfinished
+            zarr.consolidate_metadata(str(self.out_path))
+
+
+def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096, symmetry=1,
+           precision="fp32", threads=None, timeout=300, overwrite=False, reuse=False, config_text=None,
+           variable=None, environment=None, log=print):
     """``rvae encode``: write ``results.zarr``; resumes an unfinished run of the same inputs.
 
     Provenance is checked before anything is written: the patch store must have been cut from
     this cube (its recorded fingerprint), the checkpoint trained on samples made like the patch
     store's, and an unfinished store must be of this same run. ``reuse``: complete results of
     this same run are kept as they are (``rvae run`` continuing a run).
+
+    Launched as N ranks (``environment``: detected from the launcher), the ranks share the
+    blocks; the store equals the one a single process writes.
     """
-    check_distinct([out_path], [cube_path, patches_path, checkpoint_path])
-    model, payload = load_checkpoint(checkpoint_path)
-    model.eval()
-    patch_store = open_store(patches_path, what="patch store")
-    attrs = dict(patch_store.attrs)
-    if "patches" not in patch_store or "mode" not in attrs:
-        raise ValueError(f"{str(patches_path)!r} is not a patch store (no 'patches' variable); make one with rvae patches")
-    spec = WindowSpec.from_attrs(attrs)
-    variable = variable or attrs.get("variable", "data")
-    cube = check_cube(open_cube(cube_path, variable), attrs["mode"], spec.channels)
-    source_fingerprint = provenance.store_fingerprint(cube_path, variable)
-    check_patch_source(attrs, patches_path, cube_path, source_fingerprint)
-    if tuple(model.image_shape[1:]) != spec.sample_shape(cube.shape[2:]):
-        raise ValueError(f"checkpoint expects {model.image_shape[1:]} samples, the patch store makes "
-                         f"{spec.sample_shape(cube.shape[2:])}: train on this patch store first")
-    trained_on = WindowSpec.from_attrs(payload.get("patch_attrs", {})) if payload.get("patch_attrs") else spec
-    if trained_on != spec:
-        raise ValueError(f"checkpoint {str(checkpoint_path)!r} was trained on samples made otherwise ({trained_on}) "
-                         f"than patch store {str(patches_path)!r} makes them ({spec}); train on this patch store")
-    positions = positions_to_encode(patch_store)
-    plan = EncodePlan(attrs["mode"], positions, block)
-    run_record = {  # what makes two encodes the same run: checked before resuming or reusing
-        "source_fingerprint": source_fingerprint, "variable": variable,
-        "patches_fingerprint": provenance.store_fingerprint(patches_path, "patches"),
-        "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "symmetry": symmetry, "block": block}
-    provenance_attrs = {
-        "source": str(Path(cube_path).resolve()), "source_mtime": provenance.modification_time(cube_path),
-        "patches": str(Path(patches_path).resolve()), "checkpoint": str(Path(checkpoint_path).resolve()),
-        "mode": plan.mode, "config": config_text or "", "software_version": provenance.software_version(),
-        "git_commit": provenance.git_commit(), "created": provenance.now(), **run_record}
+    environment = environment or ClusterEnvironment.detect()
+    strategy = make_strategy("ddp" if environment.world_size > 1 else "none", timeout=timeout,
+                             environment=environment)
+    strategy.setup()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_path, batch_size, block,
+                                symmetry, precision, overwrite, reuse, config_text, variable,
+                                log if strategy.is_main else (lambda line: None))
+    finally:
+        strategy.shutdown()
+
+
+def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_path, batch_size, block, symmetry,
+                     precision, overwrite, reuse, config_text, variable, log):
+    job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
+                    variable=variable, config_text=config_text)
+    device = strategy.device
+    job.model.to(device)
+    with contextlib.ExitStack() as stack:
+        group, failure = None, None
+        if strategy.is_main:  # rank 0 alone checks, creates or reopens the store, under its lock
+            try:
+                stack.enter_context(output_lock(out_path))
+                group = job.open(overwrite, reuse)
+            except (OSError, ValueError) as err:
+                failure = err
+        failed, kept = strategy.allgather((None if failure is None else str(failure), group is None))[0]
+        if failure is not None:
+            raise failure
+        if failed is not None:
+            raise ValueError(f"rank 0 stopped: {failed}")
+        if kept:  # complete results of this same run
+            log(f"{out_path}: up to date (complete results of this same run), kept")
+            return xr.open_zarr(out_path)
+        group = group or zarr.open_group(str(out_path), mode="r+")
+        todo = np.flatnonzero(group["block_done"][:] == 0)
+        mine = todo[strategy.rank::strategy.world_size]
+        if len(todo) < job.plan.n_blocks:
+            log(f"resuming: {job.plan.n_blocks - len(todo)} of {job.plan.n_blocks} blocks already written")
+        ranks = f" on each of {strategy.world_size} ranks" if strategy.world_size > 1 else ""
+        # the next block is read and cut in a background thread while the model encodes this one
+        with ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(job.cut, mine[0]) if len(mine) else None
+            for count, b in enumerate(mine, 1):
+                samples, region = ahead.result()
+                ahead = reader.submit(job.cut, mine[count]) if count < len(mine) else None
+                job.write(group, region, encode_samples(job.model, samples, batch_size, device, precision), b)
+                if count == len(mine) or count % max(1, len(mine) // 10) == 0:
+                    log(f"encoded block {count}/{len(mine)}{ranks} ({len(todo)} to do, {job.plan.n_blocks} in all)")
+        strategy.barrier()  # every rank's blocks are written
+        if strategy.is_main:
+            job.finish(group, strategy.world_size)
+    return xr.open_zarr(out_path)
+
+
+def encode_with_dask(client, cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096,
+                     symmetry=1, overwrite=False, reuse=False, config_text=None, variable=None, log=print):
+    """``rvae encode --dask mpi``: every block still to do is a task on the cluster's workers, which
+    read their block's region and write its results themselves; the job (model included) is
+    sent to each worker once. Writes the same store as :func:`encode`."""
+    job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
+                    variable=variable, config_text=config_text)
     with output_lock(out_path):
-        group = _open_or_create(out_path, plan, cube, model, symmetry, provenance_attrs, run_record, overwrite, reuse)
+        group = job.open(overwrite, reuse)
         if group is None:
             log(f"{out_path}: up to date (complete results of this same run), kept")
             return xr.open_zarr(out_path)
-        done = group["block_done"][:]
-        todo = [b for b in range(plan.n_blocks) if not done[b]]
-        if len(todo) < plan.n_blocks:
-            log(f"resuming: {plan.n_blocks - len(todo)} of {plan.n_blocks} blocks already written")
-        with writing(out_path):
-            for count, b in enumerate(todo, 1):
-                flat, region = plan.block(b)
-                with reading(cube_path):
-                    mean, std, error = encode_block(model, spec, cube, positions[flat], batch_size)
-                _write_block(group, plan, model, region, mean, std, error, symmetry)
-                group["block_done"][b] = 1
-                if count == len(todo) or count % max(1, len(todo) // 10) == 0:
-                    log(f"encoded block {count}/{len(todo)} ({flat.stop} of {len(positions)} positions)")
-            record_chunks(out_path)
-            group.attrs["complete"] = True  # last: a store without it is unfinished
-            zarr.consolidate_metadata(str(out_path))
+        todo = np.flatnonzero(group["block_done"][:] == 0)
+        if len(todo) < job.plan.n_blocks:
+            log(f"resuming: {job.plan.n_blocks - len(todo)} of {job.plan.n_blocks} blocks already written")
+        shared = client.scatter(job, broadcast=True)
+        # (client.map takes a batch_size of its own: the task's goes in through partial)
+        futures = client.map(partial(_encode_block_task, batch_size=batch_size), todo.tolist(), job=shared)
+        from distributed import as_completed
+
+        for count, future in enumerate(as_completed(futures), 1):
+            future.result()
+            if count == len(todo) or count % max(1, len(todo) // 10) == 0:
+                log(f"encoded block {count}/{len(todo)} on {len(client.scheduler_info()['workers'])} workers")
+        job.finish(group, len(client.scheduler_info()["workers"]))
     return xr.open_zarr(out_path)
+
+
+def encode_on(dask, *paths, precision="fp32", threads=None, timeout=300, **options):
+    """``rvae encode`` where ``dask`` (the ``--dask`` choice) says: on the Dask cluster's workers
+    for ``mpi`` (this is its client rank; they run one torch thread per task), else in this
+    process or its launch's ranks (:func:`encode`)."""
+    if dask != "mpi":
+        return encode(*paths, precision=precision, threads=threads, timeout=timeout, **options)
+    from distributed import get_client
+
+    return encode_with_dask(get_client(), *paths, **options)
+
+
+def _encode_block_task(b, job, batch_size):
+    """A Dask task: encode block ``b`` of ``job`` and write it (one thread of torch per task:
+    the worker runs tasks side by side)."""
+    torch.set_num_threads(1)
+    samples, region = job.cut(b)
+    job.write(zarr.open_group(str(job.out_path), mode="r+"), region, encode_samples(job.model, samples, batch_size), b)
+    return b
 
 
 def check_patch_source(attrs, patches_path, cube_path, fingerprint):
@@ -182,10 +259,10 @@ def check_patch_source(attrs, patches_path, cube_path, fingerprint):
                          f"patches from this one")
 
 
-def _open_or_create(out_path, plan, cube, model, symmetry, attrs, run_record, overwrite, reuse):
+def _open_or_create(job, overwrite, reuse):
     """The results group to fill (a new one, or an unfinished one of this same run), or None when
     ``reuse`` finds complete results of this run. Called with the output lock held."""
-    out = Path(out_path)
+    out = Path(job.out_path)
     if out.exists() and not overwrite:
         try:
             existing = dict(zarr.open_group(str(out), mode="r").attrs)
@@ -195,7 +272,7 @@ def _open_or_create(out_path, plan, cube, model, symmetry, attrs, run_record, ov
         if "complete" not in existing:
             raise FileExistsError(f"{str(out)!r} exists and is not a results store; choose another output or "
                                   f"pass --overwrite")
-        differ = [key for key, value in run_record.items() if existing.get(key) != value]
+        differ = [key for key, value in job.run_record.items() if existing.get(key) != value]
         if existing["complete"]:
             if reuse and not differ:
                 return None
@@ -209,32 +286,9 @@ def _open_or_create(out_path, plan, cube, model, symmetry, attrs, run_record, ov
     # The template is written beside the output and renamed into place: a store at ``out`` is
     # always a whole template (or more), whenever the process is killed.
     with staged_output(out, overwrite=True, locked=True) as staging:
-        template = results_template(plan, cube, model, symmetry, attrs)
+        template = results_template(job.plan, job.cube, job.model, job.symmetry, job.attrs)
         template.to_zarr(staging, compute=False, zarr_format=3)
         group = zarr.open_group(str(staging), mode="r+")
         for name in template.coords:  # coordinates are in memory: write them now, not with the blocks
             group[name][:] = template[name].values
     return zarr.open_group(str(out), mode="r+")
-
-
-def _write_block(group, plan, model, region, mean, std, error, symmetry):
-    """Write one block's posterior (columns ``[angle?, shift?, z...]``) into its region."""
-    shape = tuple(len(range(*r.indices(n))) for r, n in zip(region, plan.shape))
-
-    def put(name, values):  # values (n,) or (latent, n) in flat position order
-        lead = values.shape[:-1]
-        group[name][(slice(None),) * len(lead) + region] = values.reshape(*lead, *shape)
-
-    i = 0
-    if model.rotation:
-        put("angle", wrap_angle(mean[:, 0], symmetry))
-        put("angle_std", std[:, 0])
-        i = 1
-    if model.translation:
-        half = np.array(model.image_shape[1:]) / 2  # shift latents are in half-windows
-        put("shift_y", mean[:, i] * half[0])
-        put("shift_x", mean[:, i + 1] * half[1])
-        i += 2
-    put("z", mean[:, i:].T)
-    put("z_std", std[:, i:].T)
-    put("recon_error", error)

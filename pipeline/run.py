@@ -21,7 +21,7 @@ def run(config, *, overwrite=False, progress=True, log=print):
 def _run_stages(config, overwrite, progress, log):
     """Each stage runs, resumes, or (its output complete, of these same inputs and settings) is
     kept as it is, so the same command continues a run that stopped anywhere."""
-    from .encode import encode
+    from .encode import encode_on
     from .ingest import ingest
     from .patches import write_patches
     from .report import write_report
@@ -46,8 +46,9 @@ def _run_stages(config, overwrite, progress, log):
     train(paths["patches"], paths["checkpoint"], model_options=config.model.model_dump(),
           overwrite=overwrite, reuse=reuse, log=log, **config.train.model_dump())
     log(f"[encode] -> {paths['results']}")
-    encode(paths["cube"], paths["patches"], paths["checkpoint"], paths["results"], overwrite=overwrite, reuse=reuse,
-           config_text=to_yaml(config), variable=config.patches.variable, log=log, **config.encode.model_dump())
+    encode_on(config.dask, paths["cube"], paths["patches"], paths["checkpoint"], paths["results"], overwrite=overwrite,
+              reuse=reuse, config_text=to_yaml(config), variable=config.patches.variable, log=log,
+              **config.encode.model_dump())
     log(f"[report] -> {paths['report']}")
     summary, results = paths["report"] / "summary.txt", paths["results"] / "zarr.json"
     if reuse and summary.exists() and summary.stat().st_mtime >= results.stat().st_mtime:

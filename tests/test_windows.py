@@ -2,7 +2,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from pipeline.encode import wrap_angle
+from pipeline.results import wrap_angle
 from pipeline.evaluate import circular_error
 from pipeline.peaks import find_atom_columns
 from pipeline.synthetic import render_gaussians

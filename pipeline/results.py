@@ -1,0 +1,108 @@
+"""The results store's layout: which positions form each block, the template written before any
+block, and how one block's posterior lands in its chunk-aligned region.
+
+Each block fills whole chunks of every variable and its own entry (its own chunk) of
+``block_done``, so any number of writers, ranks or Dask workers, can fill distinct blocks at
+once without two ever writing one chunk.
+"""
+import math
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .patches import to_physical
+from .windows import ScanGrid
+
+
+def wrap_angle(angle, symmetry=1):
+    """Wrap radians into ``(-pi/n, pi/n]`` for an n-fold symmetric object."""
+    half = np.pi / symmetry
+    return half - np.mod(half - angle, 2 * half)
+
+
+class EncodePlan:
+    """Which positions form each block and where each block's results go: ``block`` consecutive
+    points (points mode), or a tile of the grid of about ``block`` positions (grid and frames
+    modes), so a block's memory stays bounded however wide the scan."""
+
+    def __init__(self, mode, positions, block):
+        self.mode = mode
+        self.positions = positions  # a ScanGrid in grid and frames modes, (N, 2) for points
+        if self.mode == "points":
+            self.shape, self.dims, self.chunks = (len(positions),), ("sample",), (block,)
+        else:
+            self.shape, self.dims = positions.shape, ("y", "x")
+            cols = min(self.shape[1], block)
+            self.chunks = (max(1, block // cols), cols)
+        self.grid = tuple(math.ceil(n / c) for n, c in zip(self.shape, self.chunks))
+        self.n_blocks = math.prod(self.grid)
+
+    def block(self, b):
+        """The positions of block ``b`` (an ``(N, 2)`` array, or a :class:`ScanGrid` tile) and
+        its region in the results' dims; results are in the positions' (row-major) order."""
+        index = np.unravel_index(b, self.grid)
+        region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape))
+        if self.mode == "points":
+            return self.positions[region[0]], region
+        return ScanGrid(self.positions.rows[region[0]], self.positions.cols[region[1]]), region
+
+
+def results_template(plan, cube, model, symmetry, attrs):
+    """The results Dataset, lazily zero-filled, with coordinates and units."""
+    latent = model.latent_dim
+    space = plan.shape
+
+    def empty(*lead, dtype=np.float32):
+        return da.full((*lead, *space), np.nan, dtype=dtype, chunks=(*lead, *plan.chunks))
+
+    def physical(dim, px):
+        return to_physical(px, cube[dim].values)
+
+    if plan.mode == "points":
+        rows, cols = plan.positions[:, 0], plan.positions[:, 1]
+        coords = {"y": ("sample", physical("y", rows), dict(cube["y"].attrs)),
+                  "x": ("sample", physical("x", cols), dict(cube["x"].attrs)),
+                  "row": ("sample", rows, {"units": "px"}), "col": ("sample", cols, {"units": "px"})}
+    else:
+        coords = {"y": ("y", physical("y", np.asarray(plan.positions.rows)), dict(cube["y"].attrs)),
+                  "x": ("x", physical("x", np.asarray(plan.positions.cols)), dict(cube["x"].attrs))}
+    coords["latent"] = ("latent", np.arange(latent))
+    half = np.pi / symmetry
+    data = {
+        "z": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent mean"}),
+        "z_std": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent posterior std"}),
+        "recon_error": (plan.dims, empty(), {"units": "1", "long_name": "mean squared reconstruction error (normalised)"}),
+        "block_done": (("block",), da.zeros(plan.n_blocks, dtype=np.int8, chunks=1), {"long_name": "1 where a block is written"}),
+    }
+    if model.rotation:
+        data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, wrapped to (-pi/{symmetry}, pi/{symmetry}]",
+                                               "valid_range": [-half, half]})
+        data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
+    if model.translation:
+        for axis in ("y", "x"):
+            data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})
+    return xr.Dataset(data, coords=coords, attrs={**attrs, "complete": False})
+
+
+def write_block(group, plan, model, region, mean, std, error, symmetry):
+    """Write one block's posterior (columns ``[angle?, shift?, z...]``) into its region."""
+    shape = tuple(len(range(*r.indices(n))) for r, n in zip(region, plan.shape))
+
+    def put(name, values):  # values (n,) or (latent, n) in flat position order
+        lead = values.shape[:-1]
+        group[name][(slice(None),) * len(lead) + region] = values.reshape(*lead, *shape)
+
+    i = 0
+    if model.rotation:
+        put("angle", wrap_angle(mean[:, 0], symmetry))
+        put("angle_std", std[:, 0])
+        i = 1
+    if model.translation:
+        half = np.array(model.image_shape[1:]) / 2  # shift latents are in half-windows
+        put("shift_y", mean[:, i] * half[0])
+        put("shift_x", mean[:, i + 1] * half[1])
+        i += 2
+    put("z", mean[:, i:].T)
+    put("z_std", std[:, i:].T)
+    put("recon_error", error)
