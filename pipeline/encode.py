@@ -30,16 +30,20 @@ from models import load_checkpoint
 
 from . import provenance
 from .distributed import ClusterEnvironment, make_strategy
-from .patches import check_cube, cube_region, positions_to_encode
+from .cube_regions import RegionReader
+from .patches import check_cube, positions_to_encode
 from .results import EncodePlan, results_template, write_block
 from .stores import check_distinct, open_cube, open_store, output_lock, reading, record_chunks, staged_output, writing
-from .windows import WindowSpec
+from .windows import ScanGrid, WindowSpec, window_bounds
 
 
-def cut_block(spec, cube, positions):
-    """The normalised samples of one block, read from the cube region its windows cover."""
-    region, local = cube_region(spec, cube.data, positions)
-    samples = spec.samples(region.compute(scheduler="sync"), local)  # this thread reads: no scheduler round trip
+def cut_block(spec, reader, positions):
+    """The normalised samples of one block, read (by a :class:`RegionReader`) from the cube
+    region its windows cover."""
+    if not isinstance(positions, ScanGrid):
+        positions = np.asarray(positions).round().astype(np.int64)
+    rows, cols = window_bounds(np.asarray(positions), spec.window or 1)
+    samples = spec.samples(reader.read(rows, cols), positions - [rows[0], cols[0]])
     if not np.isfinite(samples).all():
         row, col = np.asarray(positions)[0]
         raise ValueError(f"non-finite values in the cube near row {row:.0f}, col {col:.0f}")
@@ -91,7 +95,13 @@ class EncodeJob:
             raise ValueError(f"checkpoint {str(checkpoint_path)!r} was trained on samples made otherwise "
                              f"({trained_on}) than patch store {str(patches_path)!r} makes them ({spec}); "
                              f"train on this patch store")
-        self.plan = EncodePlan(attrs["mode"], positions_to_encode(patch_store), block)
+        positions = positions_to_encode(patch_store)
+        align = None
+        if isinstance(positions, ScanGrid):  # positions per cube chunk, along rows and columns
+            align = tuple(max(1, chunks[0] // step) for chunks, step in
+                          zip(self.cube.data.chunks[:2], (positions.rows.step, positions.cols.step)))
+        self.plan = EncodePlan(attrs["mode"], positions, block, align)
+        self.reader = RegionReader(self.cube.data)
         self.cube_path, self.out_path, self.symmetry = cube_path, out_path, symmetry
         self.run_record = {  # what makes two encodes the same run: checked before resuming or reusing
             "source_fingerprint": source_fingerprint, "variable": variable,
@@ -112,7 +122,7 @@ class EncodeJob:
         """Block ``b``'s samples and its region in the results."""
         positions, region = self.plan.block(b)
         with reading(self.cube_path):
-            return cut_block(self.spec, self.cube, positions), region
+            return cut_block(self.spec, self.reader, positions), region
 
     def write(self, group, region, posterior, b):
         """One block's results into its region, then its entry of ``block_done``."""
@@ -180,19 +190,26 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
             return xr.open_zarr(out_path)
         group = group or zarr.open_group(str(out_path), mode="r+")
         todo = np.flatnonzero(group["block_done"][:] == 0)
-        mine = todo[strategy.rank::strategy.world_size]
+        mine = np.array_split(todo, strategy.world_size)[strategy.rank]  # a run of neighbouring blocks each
         if len(todo) < job.plan.n_blocks:
             log(f"resuming: {job.plan.n_blocks - len(todo)} of {job.plan.n_blocks} blocks already written")
         ranks = f" on each of {strategy.world_size} ranks" if strategy.world_size > 1 else ""
-        # the next block is read and cut in a background thread while the model encodes this one
-        with ThreadPoolExecutor(1) as reader:
+        # While the model encodes a block, one thread reads and cuts the next and another writes
+        # the last one's results: one block ahead and one behind at most.
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
             ahead = reader.submit(job.cut, mine[0]) if len(mine) else None
+            behind = None
             for count, b in enumerate(mine, 1):
                 samples, region = ahead.result()
                 ahead = reader.submit(job.cut, mine[count]) if count < len(mine) else None
-                job.write(group, region, encode_samples(job.model, samples, batch_size, device, precision), b)
+                posterior = encode_samples(job.model, samples, batch_size, device, precision)
+                if behind is not None:
+                    behind.result()
+                behind = writer.submit(job.write, group, region, posterior, b)
                 if count == len(mine) or count % max(1, len(mine) // 10) == 0:
                     log(f"encoded block {count}/{len(mine)}{ranks} ({len(todo)} to do, {job.plan.n_blocks} in all)")
+            if behind is not None:
+                behind.result()
         strategy.barrier()  # every rank's blocks are written
         if strategy.is_main:
             job.finish(group, strategy.world_size)

@@ -24,16 +24,21 @@ def wrap_angle(angle, symmetry=1):
 class EncodePlan:
     """Which positions form each block and where each block's results go: ``block`` consecutive
     points (points mode), or a tile of the grid of about ``block`` positions (grid and frames
-    modes), so a block's memory stays bounded however wide the scan."""
+    modes), so a block's memory stays bounded however wide the scan.
 
-    def __init__(self, mode, positions, block):
+    ``align``: positions per cube chunk along rows and columns. Tiles are then no wider than a
+    chunk's columns, and blocks run down each column of tiles before the next, so consecutive
+    blocks read the same few chunks (:class:`~pipeline.cube_regions.RegionReader` decodes each once).
+    """
+
+    def __init__(self, mode, positions, block, align=None):
         self.mode = mode
         self.positions = positions  # a ScanGrid in grid and frames modes, (N, 2) for points
         if self.mode == "points":
             self.shape, self.dims, self.chunks = (len(positions),), ("sample",), (block,)
         else:
             self.shape, self.dims = positions.shape, ("y", "x")
-            cols = min(self.shape[1], block)
+            cols = min(self.shape[1], block, (align or self.shape)[1])
             self.chunks = (max(1, block // cols), cols)
         self.grid = tuple(math.ceil(n / c) for n, c in zip(self.shape, self.chunks))
         self.n_blocks = math.prod(self.grid)
@@ -41,7 +46,7 @@ class EncodePlan:
     def block(self, b):
         """The positions of block ``b`` (an ``(N, 2)`` array, or a :class:`ScanGrid` tile) and
         its region in the results' dims; results are in the positions' (row-major) order."""
-        index = np.unravel_index(b, self.grid)
+        index = (b,) if self.mode == "points" else (b % self.grid[0], b // self.grid[0])  # down columns first
         region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape))
         if self.mode == "points":
             return self.positions[region[0]], region

@@ -33,13 +33,18 @@ def log_fft_magnitude(windows):
 
 
 def bin_frames(frames, factor):
-    """Sum ``factor`` x ``factor`` detector pixels (frames ``(N, ky, kx)``, cropped to a multiple)."""
+    """Sum ``factor`` x ``factor`` detector pixels (frames ``(N, ky, kx)``, cropped to a multiple)
+    into float32: ``factor**2`` strided adds, several times faster than NumPy's reduction over
+    the two inner axes of a reshaped array (which the encode stage's frames mode waited on)."""
     if factor == 1:
         return frames
     n, ky, kx = frames.shape
     ky, kx = ky - ky % factor, kx - kx % factor
-    binned = frames[:, :ky, :kx].reshape(n, ky // factor, factor, kx // factor, factor)
-    return binned.sum(axis=(2, 4))
+    binned = np.zeros((n, ky // factor, kx // factor), np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            binned += frames[:, i:ky:factor, j:kx:factor]
+    return binned
 
 
 TRANSFORMS = {"none": lambda w: w, "logfft": log_fft_magnitude}
@@ -71,12 +76,15 @@ class WindowSpec:
         ``region``: a block of the scan, ``(y, x)``, ``(y, x, channel)`` or (frames mode)
         ``(y, x, ky, kx)``, with the samples' ``centres`` (row, col) relative to it.
         """
-        region, centres = np.asarray(region), np.asarray(centres)
-        if self.mode == "frames":
-            frames = region[centres[:, 0], centres[:, 1]]
-            samples = frames if self.binning == 1 else bin_frames(frames.astype(np.float32), self.binning)
+        region = np.asarray(region)
+        if self.mode == "frames" and isinstance(centres, ScanGrid):  # a rectangle of frames: sliced, no gather
+            rows, cols = (slice(r.start, r.stop, r.step) for r in (centres.rows, centres.cols))
+            samples = bin_frames(region[rows, cols].reshape(-1, *region.shape[2:]), self.binning)
+        elif self.mode == "frames":
+            centres = np.asarray(centres)
+            samples = bin_frames(region[centres[:, 0], centres[:, 1]], self.binning)
         else:
-            samples = cut_windows(region, centres, self.window)  # (N, [C,] w, w)
+            samples = cut_windows(region, np.asarray(centres), self.window)  # (N, [C,] w, w)
         return samples if samples.ndim == 4 else samples[:, None]
 
     def raw(self, region, centres=None):
