@@ -6,6 +6,7 @@ line and exit with status 1.
 """
 import argparse
 import builtins
+import logging
 import os
 import sys
 import typing
@@ -80,6 +81,9 @@ def main(argv=None):
     from .distributed import ClusterEnvironment
     from .train import PREEMPTED_EXIT, Preempted
 
+    # Errors reach the user as one line below; asyncio's reports of the same failure in zarr's other
+    # in-flight writes ("Future exception was never retrieved") would only repeat it.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     env = ClusterEnvironment.detect()
     rank = f"[rank {env.rank}] " if env.world_size > 1 else ""
     try:

@@ -196,6 +196,10 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
         ranks = f" on each of {strategy.world_size} ranks" if strategy.world_size > 1 else ""
         # While the model encodes a block, one thread reads and cuts the next and another writes
         # the last one's results: one block ahead and one behind at most.
+        def written(count):  # progress counts blocks whose results are on disk
+            if count == len(mine) or count % max(1, len(mine) // 10) == 0:
+                log(f"encoded block {count}/{len(mine)}{ranks} ({len(todo)} to do, {job.plan.n_blocks} in all)")
+
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
             ahead = reader.submit(job.cut, mine[0]) if len(mine) else None
             behind = None
@@ -205,11 +209,11 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
                 posterior = encode_samples(job.model, samples, batch_size, device, precision)
                 if behind is not None:
                     behind.result()
+                    written(count - 1)
                 behind = writer.submit(job.write, group, region, posterior, b)
-                if count == len(mine) or count % max(1, len(mine) // 10) == 0:
-                    log(f"encoded block {count}/{len(mine)}{ranks} ({len(todo)} to do, {job.plan.n_blocks} in all)")
             if behind is not None:
                 behind.result()
+                written(len(mine))
         strategy.barrier()  # every rank's blocks are written
         if strategy.is_main:
             job.finish(group, strategy.world_size)
