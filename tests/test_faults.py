@@ -1,7 +1,6 @@
 """Fault injection: stages killed at random points and run again, a full file system, read-only
 outputs and two writers of one output at once. What is guaranteed: a re-run ends with exactly
 what an uninterrupted run writes, and a failure is one line that names the output."""
-import os
 import subprocess
 import sys
 import time
