@@ -9,7 +9,8 @@ so an interrupted run resumes where it stopped. ``attrs["complete"] = True`` is 
 Who encodes the blocks:
 
 * one process, or N ranks of an ``srun``/``mpirun``/``torchrun`` launch (:func:`encode`):
-  the blocks still to do are dealt round-robin; each rank reads the next block's region and
+  each rank takes a contiguous run of the blocks still to do (neighbouring blocks share cube
+  chunks); each rank reads the next block's region and
   cuts its windows in a background thread while its model encodes the current one (on the
   rank's GPU where there is one), and writes its own blocks; rank 0 checks and creates the
   store, and marks it complete once every rank has finished;
@@ -31,19 +32,17 @@ from models import load_checkpoint
 from . import provenance
 from .distributed import ClusterEnvironment, make_strategy
 from .cube_regions import RegionReader
-from .patches import check_cube, positions_to_encode
+from .patches import check_cube, positions_to_encode, region_bounds
 from .results import EncodePlan, results_template, write_block
 from .stores import check_distinct, open_cube, open_store, output_lock, reading, record_chunks, staged_output, writing
-from .windows import ScanGrid, WindowSpec, window_bounds
+from .windows import ScanGrid, WindowSpec
 
 
 def cut_block(spec, reader, positions):
     """The normalised samples of one block, read (by a :class:`RegionReader`) from the cube
     region its windows cover."""
-    if not isinstance(positions, ScanGrid):
-        positions = np.asarray(positions).round().astype(np.int64)
-    rows, cols = window_bounds(np.asarray(positions), spec.window or 1)
-    samples = spec.samples(reader.read(rows, cols), positions - [rows[0], cols[0]])
+    (rows, cols), local = region_bounds(spec, positions)
+    samples = spec.samples(reader.read(rows, cols), local)
     if not np.isfinite(samples).all():
         row, col = np.asarray(positions)[0]
         raise ValueError(f"non-finite values in the cube near row {row:.0f}, col {col:.0f}")

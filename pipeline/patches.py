@@ -142,16 +142,23 @@ def check_cube(cube, mode, channels=""):
     return cube.transpose(*expected, *extra)
 
 
-def cube_region(spec, data, centres):
-    """The (lazy) part of the cube that the samples at ``centres`` (an ``(N, 2)`` array, rounded
-    here, or a :class:`ScanGrid`) need, and the centres within it.
-
-    A rectangle of the scan (its frames, in frames mode): plain slices keep Dask's reads whole-chunk.
-    """
+def region_bounds(spec, centres):
+    """The rectangle of the scan, ``((r0, r1), (c0, c1))``, that the samples at ``centres`` (an
+    ``(N, 2)`` array, rounded here, or a :class:`ScanGrid`) need, and the centres within it."""
     if not isinstance(centres, ScanGrid):
         centres = np.asarray(centres).round().astype(np.int64)
     (r0, r1), (c0, c1) = window_bounds(np.asarray(centres), spec.window or 1)
-    return data[r0:r1, c0:c1], centres - [r0, c0]
+    return ((r0, r1), (c0, c1)), centres - [r0, c0]
+
+
+def cube_region(spec, data, centres):
+    """The (lazy) part of the cube that the samples at ``centres`` need (:func:`region_bounds`),
+    and the centres within it.
+
+    A rectangle of the scan (its frames, in frames mode): plain slices keep Dask's reads whole-chunk.
+    """
+    ((r0, r1), (c0, c1)), local = region_bounds(spec, centres)
+    return data[r0:r1, c0:c1], local
 
 
 def samples_per_chunk(sample_shape, itemsize):
@@ -250,7 +257,7 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, reus
     cube = open_cube(cube_path, variable)
     record = {"source_fingerprint": provenance.store_fingerprint(cube_path, variable), "variable": variable,
               "options": json.dumps(options, sort_keys=True, default=str)}
-    if reuse and Path(out_path).exists() and records_match(out_path, record):
+    if reuse and records_match(out_path, record):
         log(f"{out_path}: up to date (cut from this cube with these options), kept")
         return open_store(out_path, what="patch store")
     check_writable(out_path, overwrite)
