@@ -6,12 +6,14 @@ line and exit with status 1.
 """
 import argparse
 import builtins
+import contextlib
 import logging
 import os
 import sys
 import typing
 
 from . import config as cfg
+from .run import STAGES as RUN_STAGES
 from .scheduler import SCHEDULERS
 
 DASK_STAGES = ("ingest", "patches", "encode")
@@ -43,7 +45,23 @@ def build_parser():
                            help="where Dask runs: threads, a LocalCluster, or the ranks of an MPI job (default: local)")
     p = sub.add_parser("run", help="run every stage from a YAML config")
     p.add_argument("config")
+    p.add_argument("--stage", action="append", choices=RUN_STAGES,
+                   help="run only this stage (repeatable); the batch jobs of rvae submit run one each")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the workdir")
+    p = sub.add_parser("submit", help="submit the stages of a YAML config as chained SLURM jobs",
+                       description="one batch job per stage, each after the one before it succeeds; "
+                                   "scripts, logs and a manifest in WORKDIR/slurm/")
+    p.add_argument("config")
+    p.add_argument("--site", default="generic",
+                   help="a shipped site profile (generic, perlmutter, frontier) or the path of your own YAML "
+                        "(default: generic)")
+    for field in ("account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend"):
+        p.add_argument(f"--{field.replace('_', '-')}", dest=field, help=f"override the profile's {field}")
+    p.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+    for name, text in (("status", "each stage's job, state, progress and, on failure, its log"),
+                       ("cancel", "cancel the jobs of an rvae submit")):
+        p = sub.add_parser(name, help=f"{text}", description=text)
+        p.add_argument("run_dir", help="the config's workdir")
     p = sub.add_parser("demo", help="synthetic lattice through every stage; prints the rotation-map error")
     p.add_argument("--workdir", default="rvae-demo")
     p.add_argument("--epochs", type=int, default=20)
@@ -79,7 +97,7 @@ def _section_values(args, section):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from .distributed import ClusterEnvironment
-    from .train import PREEMPTED_EXIT, Preempted
+    from .preemption import PREEMPTED_EXIT, Preempted
 
     # Errors reach the user as one line below; asyncio's reports of the same failure in zarr's other
     # in-flight writes ("Future exception was never retrieved") would only repeat it.
@@ -129,7 +147,9 @@ def _dispatch(args):
     kind = getattr(args, "dask", "threads")
     if args.command == "encode" and kind != "mpi":
         kind = "threads"  # blocks are read in this process (pipeline.encode): no cluster to start
-    with dask_scheduler(kind):
+    if args.command not in STAGES:  # run and demo choose their schedulers by stage; the rest use none
+        kind = None
+    with dask_scheduler(kind) if kind else contextlib.nullcontext():
         _run_command(args)
 
 
@@ -177,7 +197,24 @@ def _run_command(args):
     elif command == "run":
         from .run import run
 
-        run(cfg.load_config(args.config), overwrite=args.overwrite)
+        config, stages = cfg.load_config(args.config), args.stage or RUN_STAGES
+        if config.dask == "mpi" and not set(stages) <= {"train", "report"}:
+            print = builtins.print  # dask-mpi's client is rank 1, and the other ranks never get here
+        run(config, stages=stages, overwrite=args.overwrite, log=print)
+    elif command == "submit":
+        from .submit import submit
+
+        overrides = {name: getattr(args, name) for name in ("account", "partition", "qos", "nodes", "tasks_per_node",
+                                                            "gpus_per_node", "backend")}
+        submit(cfg.load_config(args.config), args.site, dry_run=args.dry_run, **overrides)
+    elif command == "status":
+        from .status import status
+
+        status(args.run_dir)
+    elif command == "cancel":
+        from .status import cancel
+
+        cancel(args.run_dir)
     elif command == "demo":
         from .run import demo
 

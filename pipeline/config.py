@@ -140,16 +140,20 @@ def parse_config(data, section=RunConfig, source="config"):
         raise ValueError(f"{source}: {format_validation_error(err)}") from err
 
 
-def load_config(path):
-    """Read and validate a YAML run configuration."""
+def read_yaml(path, what="config file"):
+    """The mapping in a YAML file; ``FileNotFoundError`` or ``ValueError`` in one line otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no config file at {str(path)!r}")
+        raise FileNotFoundError(f"no {what} at {str(path)!r}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
-    return parse_config(data, source=str(path))
+
+
+def load_config(path):
+    """Read and validate a YAML run configuration."""
+    return parse_config(read_yaml(path), source=str(path))
 
 
 def to_yaml(config):

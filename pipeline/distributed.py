@@ -10,6 +10,7 @@ Two separate ideas, as in Lightning's fabric:
 """
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,15 @@ class NoStrategy:
 
     def allgather(self, obj):
         return [obj]
+
+    def describe(self):
+        """Where the ranks run, e.g. ``2 rank(s) (srun): node1 cpu, cpu``: a batch log's first line.
+        Every rank must call it (it gathers from all)."""
+        hosts = {}
+        for host, device in self.allgather((socket.gethostname(), str(self.device))):
+            hosts.setdefault(host, []).append(device)
+        where = "; ".join(f"{host} {', '.join(devices)}" for host, devices in hosts.items())
+        return f"{self.world_size} rank(s) ({self.env.launcher}): {where}"
 
     def barrier(self):
         pass

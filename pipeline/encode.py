@@ -13,7 +13,8 @@ Who encodes the blocks:
   chunks); each rank reads the next block's region and
   cuts its windows in a background thread while its model encodes the current one (on the
   rank's GPU where there is one), and writes its own blocks; rank 0 checks and creates the
-  store, and marks it complete once every rank has finished;
+  store, and marks it complete once every rank has finished. SIGTERM or SIGUSR1 stops a rank
+  after its current block (exit 75 from the CLI); a re-run does the blocks still to do;
 * the workers of a Dask cluster (``--dask mpi``, :func:`encode_with_dask`): every block is a
   task, the model is sent to each worker once.
 """
@@ -33,6 +34,7 @@ from . import provenance
 from .distributed import ClusterEnvironment, make_strategy
 from .cube_regions import RegionReader
 from .patches import check_cube, positions_to_encode, region_bounds
+from .preemption import Preempted, PreemptionFlag
 from .results import EncodePlan, results_template, write_block
 from .stores import check_distinct, open_cube, open_store, output_lock, reading, record_chunks, staged_output, writing
 from .windows import ScanGrid, WindowSpec
@@ -193,16 +195,22 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
         if len(todo) < job.plan.n_blocks:
             log(f"resuming: {job.plan.n_blocks - len(todo)} of {job.plan.n_blocks} blocks already written")
         ranks = f" on each of {strategy.world_size} ranks" if strategy.world_size > 1 else ""
+        log(f"encoding on {strategy.describe()}")
         # While the model encodes a block, one thread reads and cuts the next and another writes
         # the last one's results: one block ahead and one behind at most.
         def written(count):  # progress counts blocks whose results are on disk
             if count == len(mine) or count % max(1, len(mine) // 10) == 0:
                 log(f"encoded block {count}/{len(mine)}{ranks} ({len(todo)} to do, {job.plan.n_blocks} in all)")
 
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, PreemptionFlag() as preemption:
             ahead = reader.submit(job.cut, mine[0]) if len(mine) else None
             behind = None
             for count, b in enumerate(mine, 1):
+                if preemption.received:  # the blocks written so far are kept; a re-run does the rest
+                    if behind is not None:
+                        behind.result()
+                    raise Preempted(f"stopped by {preemption.received} after {count - 1} of this rank's "
+                                    f"{len(mine)} blocks; run the same command again to finish")
                 samples, region = ahead.result()
                 ahead = reader.submit(job.cut, mine[count]) if count < len(mine) else None
                 posterior = encode_samples(job.model, samples, batch_size, device, precision)

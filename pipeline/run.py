@@ -10,52 +10,85 @@ def stage_paths(workdir):
             "results": work / "results.zarr", "report": work / "report"}
 
 
-def run(config, *, overwrite=False, progress=True, log=print):
-    """Run ingest (or synth), patches, train, encode and report in ``config.workdir``; returns the paths."""
+STAGES = ("cube", "patches", "train", "encode", "report")  # in order; "cube" is synth or ingest
+DASK_STAGES = {"cube", "patches"}  # encode too, but only under --dask mpi
+
+
+def run(config, *, stages=STAGES, overwrite=False, progress=True, log=print):
+    """Run ``stages`` of the chain (by default all: ingest or synth, patches, train, encode, report)
+    in ``config.workdir``; returns the paths.
+
+    Each stage runs, resumes, or (its output complete, of these same inputs and settings) is kept
+    as it is, so the same command continues a run that stopped anywhere, and one stage at a time
+    (``rvae run CONFIG --stage NAME``, as the batch jobs of ``rvae submit`` do) gives the same
+    outputs as the whole chain.
+    """
     from .scheduler import dask_scheduler
 
-    with dask_scheduler(config.dask):
-        return _run_stages(config, overwrite, progress, log)
-
-
-def _run_stages(config, overwrite, progress, log):
-    """Each stage runs, resumes, or (its output complete, of these same inputs and settings) is
-    kept as it is, so the same command continues a run that stopped anywhere."""
-    from .encode import encode_on
-    from .ingest import ingest
-    from .patches import write_patches
-    from .report import write_report
-    from .synthetic import write_synthetic
-    from .train import train
-
+    unknown = [name for name in stages if name not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}")
+    uses_dask = DASK_STAGES.intersection(stages) or (config.dask == "mpi" and "encode" in stages)
     paths = stage_paths(config.workdir)
+    if config.input is not None and _is_cube(config.input):
+        paths["cube"] = Path(config.input)
+    with dask_scheduler(config.dask if uses_dask else "threads"):
+        for name in (name for name in STAGES if name in stages):
+            RUNNERS[name](config, paths, overwrite, progress, log)
+    return paths
+
+
+def _cube(config, paths, overwrite, progress, log):
+    from .ingest import ingest
+    from .synthetic import write_synthetic
+
     reuse = not overwrite
     if config.input is None:
         log(f"[synth] {config.synthetic.kind} -> {paths['cube']}")
         write_synthetic(paths["cube"], overwrite=overwrite, reuse=reuse, log=log, **config.synthetic.model_dump())
-    elif _is_cube(config.input):
-        paths["cube"] = Path(config.input)
-    else:
+    elif not _is_cube(config.input):
         log(f"[ingest] {config.input} -> {paths['cube']}")
         ingest(config.input, paths["cube"], overwrite=overwrite, reuse=reuse, progress=progress, log=log,
                **config.ingest.model_dump())
+
+
+def _patches(config, paths, overwrite, progress, log):
+    from .patches import write_patches
+
     log(f"[patches] {config.patches.mode} windows -> {paths['patches']}")
-    write_patches(paths["cube"], paths["patches"], overwrite=overwrite, reuse=reuse, progress=progress, log=log,
-                  **config.patches.model_dump())
+    write_patches(paths["cube"], paths["patches"], overwrite=overwrite, reuse=not overwrite, progress=progress,
+                  log=log, **config.patches.model_dump())
+
+
+def _train(config, paths, overwrite, progress, log):
+    from .train import train
+
     log(f"[train] -> {paths['checkpoint']}")
     train(paths["patches"], paths["checkpoint"], model_options=config.model.model_dump(),
-          overwrite=overwrite, reuse=reuse, log=log, **config.train.model_dump())
+          overwrite=overwrite, reuse=not overwrite, log=log, **config.train.model_dump())
+
+
+def _encode(config, paths, overwrite, progress, log):
+    from .encode import encode_on
+
     log(f"[encode] -> {paths['results']}")
     encode_on(config.dask, paths["cube"], paths["patches"], paths["checkpoint"], paths["results"], overwrite=overwrite,
-              reuse=reuse, config_text=to_yaml(config), variable=config.patches.variable, log=log,
+              reuse=not overwrite, config_text=to_yaml(config), variable=config.patches.variable, log=log,
               **config.encode.model_dump())
+
+
+def _report(config, paths, overwrite, progress, log):
+    from .report import write_report
+
     log(f"[report] -> {paths['report']}")
     summary, results = paths["report"] / "summary.txt", paths["results"] / "zarr.json"
-    if reuse and summary.exists() and summary.stat().st_mtime >= results.stat().st_mtime:
+    if not overwrite and summary.exists() and summary.stat().st_mtime >= results.stat().st_mtime:
         log(f"{paths['report']}: already drawn from these results, kept")
     else:
         write_report(paths["results"], paths["report"], overwrite=overwrite, log=log)
-    return paths
+
+
+RUNNERS = {"cube": _cube, "patches": _patches, "train": _train, "encode": _encode, "report": _report}
 
 
 def _is_cube(path):

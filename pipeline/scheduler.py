@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 SCHEDULERS = ("threads", "local", "mpi")
 
@@ -93,6 +93,8 @@ def compute(*collections, progress=True):
     import dask
     import dask.threaded
 
+    from .progress import follow, progress_bar
+
     client = None
     if "distributed" in sys.modules:  # no client can exist unless distributed was imported
         from distributed import get_client
@@ -114,12 +116,10 @@ def compute(*collections, progress=True):
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    from distributed import progress as distributed_progress
-
     futures = client.compute(list(collections))
     try:
         if progress:
-            distributed_progress(futures, minimum=2)
+            follow(futures)
         return tuple(client.gather(futures))
     except BaseException:
         client.cancel(futures)
@@ -134,10 +134,3 @@ def wait_until_idle(client, timeout=60):
         if not any(client.run(lambda dask_worker: dask_worker.state.executing_count).values()):
             return
         time.sleep(0.05)
-
-
-def progress_bar(enabled):
-    """Dask's progress bar (local schedulers) for computations longer than two seconds."""
-    from dask.diagnostics import ProgressBar
-
-    return ProgressBar(minimum=2) if enabled else nullcontext()

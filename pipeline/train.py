@@ -8,46 +8,23 @@ take the steps one rank would take with batch N*b.
 
 Checkpoints hold weights, optimizer, epoch, step within the epoch, every rank's RNG state and
 the run's settings, and are written atomically. SIGTERM or SIGUSR1 (SLURM preemption) saves at
-the next step boundary and exits with :data:`PREEMPTED_EXIT` (75); the same command then resumes.
+the next step boundary and exits with :data:`~pipeline.preemption.PREEMPTED_EXIT` (75); the same command then resumes.
 """
 import contextlib
-import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models import RVAE, load_checkpoint, save_checkpoint
 
 from .dataset import ShardedPatchReader
 from .distributed import make_strategy
+from .preemption import Preempted, PreemptionFlag
+from .progress import format_duration
 from .provenance import store_fingerprint
 from .stores import check_distinct, check_writable, output_lock, writing
-
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again" -- resubmit the same command to resume
-
-
-class Preempted(Exception):
-    """Training stopped on a signal after saving a resumable checkpoint."""
-
-
-class PreemptionFlag:
-    """Remembers SIGTERM/SIGUSR1 instead of dying, so the loop can stop at a step boundary."""
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
-        self.signals, self.received, self._previous = signals, None, {}
-
-    def __enter__(self):
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._note)
-        return self
-
-    def _note(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(patches_path, checkpoint_path, *, model_options=None, epochs=30, batch_size=128, lr=1e-3, seed=0,
@@ -79,6 +56,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     if threads:
         torch.set_num_threads(threads)
     device = strategy.device
+    log(f"training on {strategy.describe()}, {torch.get_num_threads()} torch thread(s) per rank")
     reader = ShardedPatchReader(patches_path, batch_size=batch_size, rank=strategy.rank,
                                 world_size=strategy.world_size, seed=seed, pin_memory=device.type == "cuda")
     settings = {"patches": str(patches_path), "patches_fingerprint": store_fingerprint(patches_path, "patches"),
@@ -122,7 +100,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
                                 patch_attrs=reader.attrs)
         strategy.barrier()  # no rank exits (and gets its peers killed) before the file is written
 
-    steps_done, vote = 0, None
+    steps_done, vote, epoch_times = 0, None, []
     with PreemptionFlag() as preemption:
         for epoch in range(start_epoch, epochs + 1):
             first = start_step if epoch == start_epoch else 0
@@ -147,10 +125,17 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
                 if checkpoint_every and steps_done % checkpoint_every == 0:
                     save(epoch, step + 1)
             seconds = time.perf_counter() - start
-            mean_loss = strategy.allreduce_mean(total / max(seen, 1))
+            mean_loss = strategy.allreduce_mean(total / seen) if seen else float("nan")
             history.append(mean_loss)
-            log(f"epoch {epoch:3d}/{epochs}  loss {mean_loss:10.3f}  "
-                f"{seen * strategy.world_size / seconds:8.0f} img/s  ({strategy.world_size} rank(s))")
+            if not seen:  # stopped after its last step: the restart only marks the epoch done
+                log(f"{time.strftime('%H:%M:%S')} epoch {epoch:3d}/{epochs}  (its last step was done before the "
+                    f"restart)")
+                save(epoch + 1, 0, finished=epoch == epochs)
+                continue
+            epoch_times.append(seconds)
+            log(f"{time.strftime('%H:%M:%S')} epoch {epoch:3d}/{epochs}  loss {mean_loss:10.3f}  "
+                f"{seen * strategy.world_size / seconds:8.0f} img/s  ({strategy.world_size} rank(s))  "
+                f"{seconds:.2f} s, ETA {format_duration(np.median(epoch_times) * (epochs - epoch))}")
             save(epoch + 1, 0, finished=epoch == epochs)
         if vote is not None:
             vote()  # the last step's vote lands before the ranks part

@@ -1,4 +1,5 @@
-"""The sbatch templates on a real single-node SLURM cluster (slurm/local-cluster.sh)."""
+"""The sbatch templates and ``rvae submit`` on a real single-node SLURM cluster (slurm/local-cluster.sh)."""
+import json
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import xarray as xr
 import yaml
 
@@ -107,3 +109,113 @@ def test_preempted_job_saves_and_the_resubmitted_job_resumes(slurm, patches, tmp
     assert (state, code) == ("COMPLETED", "0"), text[-3000:]
     assert f"resuming from {tmp_path / 'model.ckpt'}: epoch {stopped_at[0]}, step {stopped_at[1]}" in text
     assert load_checkpoint(tmp_path / "model.ckpt")[1]["finished"]
+
+
+# ---- rvae submit: the chain as one job per stage ----------------------------------------------------
+
+CHAIN = {"workdir": "out", "synthetic": {"size": 128}, "patches": {"window": 24},
+         "train": {"epochs": 2, "batch_size": 16}, "encode": {"symmetry": 6, "block": 256}}
+
+
+def rvae_cli(env, cwd, *args, timeout=600):
+    return subprocess.run([str(Path(sys.executable).with_name("rvae")), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def submit_chain(env, cwd, config, *args):
+    (cwd / "run.yaml").write_text(yaml.safe_dump(config))
+    done = rvae_cli(env, cwd, "submit", "run.yaml", *args)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((cwd / "out" / "slurm" / "manifest.json").read_text())
+    return {entry["stage"]: entry["job_id"] for entry in manifest["stages"]}
+
+
+def assert_same_store(a, b, **tolerance):
+    xr.testing.assert_allclose(xr.open_zarr(a).load(), xr.open_zarr(b).load(), **tolerance)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """``rvae run`` of the chain's config in one process."""
+    work = tmp_path_factory.mktemp("reference")
+    (work / "run.yaml").write_text(yaml.safe_dump(CHAIN))
+    done = subprocess.run([str(Path(sys.executable).with_name("rvae")), "run", "run.yaml"], cwd=work,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return work / "out"
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ddp"])
+def test_submit_runs_every_stage_as_a_chained_job(slurm, reference_run, tmp_path, backend):
+    jobs = submit_chain(slurm, tmp_path, CHAIN, "--backend", backend)
+    assert list(jobs) == ["cube", "patches", "train", "encode", "report"]
+    for stage, job in jobs.items():
+        state, code = wait(slurm, job)
+        log = (tmp_path / "out" / "slurm" / "logs" / f"{stage}.log").read_text()
+        assert (state, code) == ("COMPLETED", "0"), f"{stage}: {log[-3000:]}"
+    out = tmp_path / "out"
+    train_log = (out / "slurm" / "logs" / "train.log").read_text()
+    assert "training on 2 rank(s) (srun)" in train_log and "\r" not in train_log
+    assert re.search(r"^\d\d:\d\d:\d\d epoch   2/2 .* s, ETA 0 s$", train_log, re.M)
+    _, payload = load_checkpoint(out / "model.ckpt")
+    assert payload["finished"] and payload["settings"]["world_size"] == 2
+    results = xr.open_zarr(out / "results.zarr")
+    assert results.attrs["complete"] is True and results.attrs["world_size"] == 2
+    assert (out / "report" / "summary.txt").is_file()
+    # The Dask stages wrote what `rvae run` writes; the results are what one process encodes with
+    # the chain's own model (two ranks train on the union of their batches, not one rank's batch).
+    for store in ("cube.zarr", "patches.zarr"):
+        assert_same_store(out / store, reference_run / store)
+    from pipeline.encode import encode
+
+    encode(out / "cube.zarr", out / "patches.zarr", out / "model.ckpt", tmp_path / "one.zarr", symmetry=6,
+           block=256, log=lambda line: None)
+    assert_same_store(out / "results.zarr", tmp_path / "one.zarr", rtol=1e-5, atol=1e-6)
+    status = rvae_cli(slurm, tmp_path, "status", "out")
+    assert status.returncode == 0 and status.stdout.count("COMPLETED") == 5 and "2/2 epochs" in status.stdout
+
+
+def test_a_failed_stage_cancels_the_rest_and_status_names_it(slurm, tmp_path):
+    jobs = submit_chain(slurm, tmp_path, {**CHAIN, "input": "missing.npy"})
+    assert wait(slurm, jobs["cube"]) == ("FAILED", "1")
+    for stage in ("patches", "train", "encode", "report"):
+        assert wait(slurm, jobs[stage])[0] == "CANCELLED"
+    info = subprocess.run(["scontrol", "show", "job", jobs["report"]], env=slurm, capture_output=True, text=True)
+    assert "Reason=DependencyNeverSatisfied" in info.stdout
+    status = rvae_cli(slurm, tmp_path, "status", "out")
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"cube +job +\d+ +FAILED", status.stdout)
+    assert "stage cube failed" in status.stdout and "missing.npy" in status.stdout  # the log's tail
+
+
+def test_a_preempted_training_job_requeues_itself_and_equals_an_uninterrupted_run(slurm, tmp_path):
+    config = {**CHAIN, "train": {"epochs": 300, "batch_size": 16}}
+    jobs = submit_chain(slurm, tmp_path, config)
+    log = tmp_path / "out" / "slurm" / "logs" / "train.log"
+    deadline = time.monotonic() + 180
+    while not re.search(r"epoch +3/300", log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.3)
+    # what --signal=B:USR1@120 sends: the batch shell alone, which passes it to the ranks
+    subprocess.run(["scancel", "--batch", "--signal=USR1", jobs["train"]], env=slurm, check=True)
+    for stage in ("train", "encode", "report"):
+        assert wait(slurm, jobs[stage], timeout=600) == ("COMPLETED", "0"), log.read_text()[-3000:]
+    text = log.read_text()
+    assert "(restart 0)" in text and "(restart 1)" in text  # one log, appended across the requeue
+    assert "requeueing job" in text and "resuming from" in text
+    assert xr.open_zarr(tmp_path / "out" / "results.zarr").attrs["complete"] is True
+
+    # the same training, uninterrupted, on two ranks of the same cluster
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    shutil.copytree(tmp_path / "out" / "patches.zarr", ref / "patches.zarr")
+    (ref / "run.yaml").write_text(yaml.safe_dump({**config, "workdir": str(ref),
+                                                  "train": {**config["train"], "backend": "ddp"}}))
+    done = subprocess.run(["srun", "-n", "2", "--mpi=pmix", str(Path(sys.executable).with_name("rvae")), "run",
+                           str(ref / "run.yaml"), "--stage", "train"], env={**slurm, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)  # the batch jobs' threads (1 CPU a task)
+    assert done.returncode == 0, done.stderr[-3000:]
+    preempted, _ = load_checkpoint(tmp_path / "out" / "model.ckpt")
+    uninterrupted, _ = load_checkpoint(ref / "model.ckpt")
+    for (name, a), b in zip(preempted.state_dict().items(), uninterrupted.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -1,0 +1,101 @@
+"""``rvae status RUN_DIR`` and ``rvae cancel RUN_DIR``: the jobs of an ``rvae submit``.
+
+Each stage's state comes from SLURM (``squeue`` while queued or running, ``scontrol show job``
+for a while after; ``sacct`` where accounting is kept), its progress from its output (epochs in
+the checkpoint, blocks in the results), and a failed stage is named with the tail of its log.
+"""
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from .run import stage_paths
+from .submit import submission_paths
+
+DONE = ("COMPLETED",)
+FAILED = ("FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+def read_manifest(run_dir):
+    path = submission_paths(run_dir)["manifest"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(run_dir)!r} has no submission record ({path}); was it made by rvae submit?")
+    return json.loads(path.read_text())
+
+
+def job_state(job_id):
+    """``(state, reason, exit code)`` of a job as SLURM knows it, or ``("UNKNOWN", ...)`` once it
+    has forgotten it (and no accounting is kept)."""
+    queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True)
+    if queued.returncode == 0 and queued.stdout.strip():
+        state, reason = queued.stdout.strip().splitlines()[0].split("|", 1)
+        return state, "" if reason == "None" else reason, None
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    if shown.returncode == 0:
+        fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
+        reason = fields.get("Reason", "")
+        return fields.get("JobState", "UNKNOWN"), "" if reason == "None" else reason, fields.get("ExitCode", "").split(":")[0]
+    accounted = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"], capture_output=True,
+                               text=True)
+    if accounted.returncode == 0 and accounted.stdout.strip():
+        state, code = accounted.stdout.strip().splitlines()[0].split("|")
+        return state.split()[0], "", code.split(":")[0]
+    return "UNKNOWN", "no longer known to SLURM", None
+
+
+def progress(stage, config_path):
+    """A few words on how far a stage's output has got, read from the output itself."""
+    import yaml
+
+    workdir = Path(yaml.safe_load(Path(config_path).read_text())["workdir"])
+    paths = stage_paths(workdir)
+    try:
+        if stage == "train" and paths["checkpoint"].is_file():
+            from models import load_checkpoint
+
+            _, payload = load_checkpoint(paths["checkpoint"])
+            done = payload["epochs"] if payload.get("finished") else payload["epoch"] - 1
+            return f"{done}/{payload['epochs']} epochs"
+        if stage == "encode" and (paths["results"] / "zarr.json").is_file():
+            import zarr
+
+            group = zarr.open_group(str(paths["results"]), mode="r")
+            blocks = group["block_done"][:]
+            return f"{int(blocks.sum())}/{len(blocks)} blocks" + (", complete" if group.attrs.get("complete") else "")
+    except (OSError, ValueError, KeyError):
+        return "output unreadable"
+    return ""
+
+
+def status(run_dir, *, tail=15, log=print):
+    """Print each stage's job, state, progress and log; returns ``{stage: state}``."""
+    manifest = read_manifest(run_dir)
+    log(f"{Path(run_dir).resolve()}: submitted {manifest['submitted']} on site {manifest['site']}")
+    states, failed = {}, None
+    for entry in manifest["stages"]:
+        state, reason, code = job_state(entry["job_id"])
+        states[entry["stage"]] = state
+        detail = ", ".join(x for x in (reason, f"exit {code}" if code not in (None, "0") else "",
+                                       progress(entry["stage"], manifest["config"])) if x)
+        log(f"  {entry['stage']:8} job {entry['job_id']:>8}  {state:12} {detail}")
+        if failed is None and state in FAILED and reason != "DependencyNeverSatisfied":
+            failed = entry
+    if failed is not None:
+        log(f"stage {failed['stage']} failed ({states[failed['stage']]}); the last lines of {failed['log']}:")
+        lines = Path(failed["log"]).read_text(errors="replace").splitlines() if Path(failed["log"]).is_file() else []
+        for line in lines[-tail:] or ["(no log written)"]:
+            log(f"    {line}")
+    for entry in manifest["stages"]:
+        if states[entry["stage"]] == "RUNNING":
+            log(f"{entry['stage']} is running; its log: {entry['log']}")
+    return states
+
+
+def cancel(run_dir, *, log=print):
+    """Cancel every job of the submission still queued or running."""
+    manifest = read_manifest(run_dir)
+    ids = [entry["job_id"] for entry in manifest["stages"]]
+    done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"scancel failed: {done.stderr.strip()}")
+    log(f"cancelled jobs {', '.join(ids)} of {Path(run_dir).resolve()}")
