@@ -42,7 +42,8 @@ def build_parser():
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
         if name in DASK_STAGES:
             p.add_argument("--dask", choices=SCHEDULERS, default="local",
-                           help="where Dask runs: threads, a LocalCluster, or the ranks of an MPI job (default: local)")
+                           help="where Dask runs: threads, a LocalCluster, the ranks of an MPI job, or workers as SLURM "
+                                "jobs (default: local)")
     p = sub.add_parser("run", help="run every stage from a YAML config")
     p.add_argument("config")
     p.add_argument("--stage", action="append", choices=RUN_STAGES,
@@ -145,7 +146,7 @@ def _dispatch(args):
     from .scheduler import dask_scheduler
 
     kind = getattr(args, "dask", "threads")
-    if args.command == "encode" and kind != "mpi":
+    if args.command == "encode" and kind not in ("mpi", "slurm"):
         kind = "threads"  # blocks are read in this process (pipeline.encode): no cluster to start
     if args.command not in STAGES:  # run and demo choose their schedulers by stage; the rest use none
         kind = None

@@ -94,7 +94,7 @@ class EncodeConfig(Section):
 class RunConfig(Section):
     """``rvae run CONFIG``: the whole chain in ``workdir``."""
     workdir: Path = Path("rvae-run")
-    dask: Literal["threads", "local", "mpi"] = Field("local", description="where the Dask stages run (pipeline.scheduler)")
+    dask: Literal["threads", "local", "mpi", "slurm"] = Field("local", description="where the Dask stages run (pipeline.scheduler)")
     input: Optional[Path] = Field(None, description="source file or Zarr cube; null: generate synthetic data")
     synthetic: SyntheticConfig = SyntheticConfig()
     ingest: IngestConfig = IngestConfig()

@@ -15,8 +15,8 @@ Who encodes the blocks:
   rank's GPU where there is one), and writes its own blocks; rank 0 checks and creates the
   store, and marks it complete once every rank has finished. SIGTERM or SIGUSR1 stops a rank
   after its current block (exit 75 from the CLI); a re-run does the blocks still to do;
-* the workers of a Dask cluster (``--dask mpi``, :func:`encode_with_dask`): every block is a
-  task, the model is sent to each worker once.
+* the workers of a Dask cluster (``--dask mpi`` or ``slurm``, :func:`encode_with_dask`): every
+  block is a task, the model is sent to each worker once.
 """
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
@@ -229,7 +229,7 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
 
 def encode_with_dask(client, cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096,
                      symmetry=1, overwrite=False, reuse=False, config_text=None, variable=None, log=print):
-    """``rvae encode --dask mpi``: every block still to do is a task on the cluster's workers, which
+    """``rvae encode --dask mpi|slurm``: every block still to do is a task on the cluster's workers, which
     read their block's region and write its results themselves; the job (model included) is
     sent to each worker once. Writes the same store as :func:`encode`."""
     job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
@@ -257,9 +257,9 @@ def encode_with_dask(client, cube_path, patches_path, checkpoint_path, out_path,
 
 def encode_on(dask, *paths, precision="fp32", threads=None, timeout=300, **options):
     """``rvae encode`` where ``dask`` (the ``--dask`` choice) says: on the Dask cluster's workers
-    for ``mpi`` (this is its client rank; they run one torch thread per task), else in this
-    process or its launch's ranks (:func:`encode`)."""
-    if dask != "mpi":
+    for ``mpi`` and ``slurm`` (they run one torch thread per task), else in this process or its
+    launch's ranks (:func:`encode`)."""
+    if dask not in ("mpi", "slurm"):
         return encode(*paths, precision=precision, threads=threads, timeout=timeout, **options)
     from distributed import get_client
 

@@ -11,7 +11,7 @@ def stage_paths(workdir):
 
 
 STAGES = ("cube", "patches", "train", "encode", "report")  # in order; "cube" is synth or ingest
-DASK_STAGES = {"cube", "patches"}  # encode too, but only under --dask mpi
+DASK_STAGES = {"cube", "patches"}  # encode too, but only on a cluster of its own (mpi, slurm)
 
 
 def run(config, *, stages=STAGES, overwrite=False, progress=True, log=print):
@@ -28,7 +28,7 @@ def run(config, *, stages=STAGES, overwrite=False, progress=True, log=print):
     unknown = [name for name in stages if name not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}")
-    uses_dask = DASK_STAGES.intersection(stages) or (config.dask == "mpi" and "encode" in stages)
+    uses_dask = DASK_STAGES.intersection(stages) or (config.dask in ("mpi", "slurm") and "encode" in stages)
     paths = stage_paths(config.workdir)
     if config.input is not None and _is_cube(config.input):
         paths["cube"] = Path(config.input)

@@ -6,6 +6,11 @@ same engine as a multi-node run, with its memory management, on one node.
 ``mpi`` turns the ranks of an ``srun``/``mpirun`` job into a Dask cluster with dask-mpi: rank 0
 runs the scheduler, rank 1 runs the stage (the client), the other ranks are workers; every rank
 but the client exits when the stage ends. Start at least 3 ranks.
+``slurm`` runs the workers as SLURM jobs (dask-jobqueue's ``SLURMCluster``, adaptive: from one
+job up to ``rvae.slurm.max_jobs``, default 4), from a login node or another job. Their size,
+partition and account are dask-jobqueue's settings (``jobqueue.slurm.*`` in
+``~/.config/dask/jobqueue.yaml`` or ``DASK_JOBQUEUE__SLURM__*`` variables); where those leave
+them unset, a worker job is 1 core, 2 GiB and an hour.
 """
 import logging
 import os
@@ -14,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-SCHEDULERS = ("threads", "local", "mpi")
+SCHEDULERS = ("threads", "local", "mpi", "slurm")
 
 
 @contextmanager
@@ -35,6 +40,9 @@ def dask_scheduler(kind="local"):
         return
     from distributed import Client, LocalCluster
 
+    if kind == "slurm":
+        yield from _slurm_cluster()
+        return
     if kind == "local":
         # Task errors reach this process as exceptions (and become one-line errors); the cluster's
         # own logs of them, and of a progress bar's feed cancelled at shutdown, would only repeat them.
@@ -67,6 +75,21 @@ def dask_scheduler(kind="local"):
     match_zarr_pool(threads)  # every rank: the worker ranks run inside initialize()
     dask_mpi.initialize(nthreads=threads, dashboard=False)
     with Client() as client:  # only the client rank gets here; dask-mpi set its scheduler address
+        yield client
+
+
+SLURM_WORKER = {"cores": 1, "memory": "2GiB", "walltime": "01:00:00"}  # where jobqueue.slurm.* says nothing
+
+
+def _slurm_cluster():
+    import dask
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # worker jobs come and go at length
+    unset = {key: value for key, value in SLURM_WORKER.items() if dask.config.get(f"jobqueue.slurm.{key}") is None}
+    with SLURMCluster(**unset) as cluster, Client(cluster) as client:
+        cluster.adapt(minimum_jobs=1, maximum_jobs=dask.config.get("rvae.slurm.max_jobs", 4))
         yield client
 
 

@@ -219,3 +219,15 @@ def test_a_preempted_training_job_requeues_itself_and_equals_an_uninterrupted_ru
     uninterrupted, _ = load_checkpoint(ref / "model.ckpt")
     for (name, a), b in zip(preempted.state_dict().items(), uninterrupted.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_dask_slurm_workers_write_the_same_patch_store_as_threads(slurm, lattice_cube, tmp_path):
+    options = ["--mode", "grid", "--window", "16", "--stride", "8", "--max-samples", "none"]
+    for kind in ("threads", "slurm"):
+        done = rvae_cli(slurm, tmp_path, "patches", lattice_cube, tmp_path / f"{kind}.zarr", *options, "--dask", kind,
+                        timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_store(tmp_path / "slurm.zarr", tmp_path / "threads.zarr", rtol=0, atol=0)
+    jobs = subprocess.run(["scontrol", "show", "jobs"], env=slurm, capture_output=True, text=True).stdout
+    assert "JobName=dask-worker" in jobs  # the work ran in worker jobs, which were ended with the stage
+    assert not subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True).stdout.strip()
