@@ -58,6 +58,8 @@ def build_parser():
                         "(default: generic)")
     for field in ("account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend"):
         p.add_argument(f"--{field.replace('_', '-')}", dest=field, help=f"override the profile's {field}")
+    p.add_argument("--inputs", nargs="+", metavar="FILE",
+                   help="a campaign: one run per file (in WORKDIR/<file stem>), each stage one job array")
     p.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
     for name, text in (("status", "each stage's job, state, progress and, on failure, its log"),
                        ("cancel", "cancel the jobs of an rvae submit")):
@@ -207,7 +209,7 @@ def _run_command(args):
 
         overrides = {name: getattr(args, name) for name in ("account", "partition", "qos", "nodes", "tasks_per_node",
                                                             "gpus_per_node", "backend")}
-        submit(cfg.load_config(args.config), args.site, dry_run=args.dry_run, **overrides)
+        submit(cfg.load_config(args.config), args.site, inputs=args.inputs, dry_run=args.dry_run, **overrides)
     elif command == "status":
         from .status import status
 

@@ -68,26 +68,38 @@ def progress(stage, config_path):
 
 
 def status(run_dir, *, tail=15, log=print):
-    """Print each stage's job, state, progress and log; returns ``{stage: state}``."""
+    """Print each stage's job, state, progress and, for a failed stage, its log's tail; returns
+    ``{stage: [state of each run]}`` (one run, or each file of a campaign)."""
     manifest = read_manifest(run_dir)
-    log(f"{Path(run_dir).resolve()}: submitted {manifest['submitted']} on site {manifest['site']}")
-    states, failed = {}, None
+    configs = manifest["configs"]
+    log(f"{Path(run_dir).resolve()}: submitted {manifest['submitted']} on site {manifest['site']}"
+        + (f", a campaign of {len(configs)} runs" if len(configs) > 1 else ""))
+    states, failed = {}, []
     for entry in manifest["stages"]:
-        state, reason, code = job_state(entry["job_id"])
-        states[entry["stage"]] = state
-        detail = ", ".join(x for x in (reason, f"exit {code}" if code not in (None, "0") else "",
-                                       progress(entry["stage"], manifest["config"])) if x)
-        log(f"  {entry['stage']:8} job {entry['job_id']:>8}  {state:12} {detail}")
-        if failed is None and state in FAILED and reason != "DependencyNeverSatisfied":
-            failed = entry
-    if failed is not None:
-        log(f"stage {failed['stage']} failed ({states[failed['stage']]}); the last lines of {failed['log']}:")
-        lines = Path(failed["log"]).read_text(errors="replace").splitlines() if Path(failed["log"]).is_file() else []
+        stage, job = entry["stage"], entry["job_id"]
+        tasks = [job] if len(configs) == 1 else [f"{job}_{i}" for i in range(len(configs))]
+        found = [job_state(task) for task in tasks]
+        states[stage] = [state for state, _, _ in found]
+        if len(configs) == 1:
+            (state, reason, code), = found
+            detail = ", ".join(x for x in (reason, f"exit {code}" if code not in (None, "0") else "",
+                                           progress(stage, configs[0])) if x)
+            log(f"  {stage:8} job {job:>8}  {state:12} {detail}")
+        else:
+            counts = {state: states[stage].count(state) for state in dict.fromkeys(states[stage])}
+            log(f"  {stage:8} job {job:>8}  " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        failed += [(stage, i, state, entry["logs"][i]) for i, (state, reason, _) in enumerate(found)
+                   if state in FAILED and reason != "DependencyNeverSatisfied"]
+    for stage, i, state, path in failed:
+        run = f" of {Path(configs[i]).stem}" if len(configs) > 1 else ""
+        log(f"stage {stage}{run} failed ({state}); the last lines of {path}:")
+        lines = Path(path).read_text(errors="replace").splitlines() if Path(path).is_file() else []
         for line in lines[-tail:] or ["(no log written)"]:
             log(f"    {line}")
     for entry in manifest["stages"]:
-        if states[entry["stage"]] == "RUNNING":
-            log(f"{entry['stage']} is running; its log: {entry['log']}")
+        for i, state in enumerate(states[entry["stage"]]):
+            if state == "RUNNING":
+                log(f"{entry['stage']} is running; its log: {entry['logs'][i]}")
     return states
 
 

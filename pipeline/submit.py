@@ -14,6 +14,9 @@ the signal to the ranks, which save (a checkpoint; written blocks) and exit 75, 
 then requeues its own job, which resumes where it stopped; the chain waits for it. Logs go to
 ``WORKDIR/slurm/logs/STAGE.log``, appended across requeues. ``WORKDIR/slurm/manifest.json``
 records the site, the scripts, the job ids and the configuration (``rvae status`` reads it).
+
+A campaign (``--inputs`` FILE...) is one run per file, each in ``WORKDIR/<file stem>``: every
+stage is one job array, task i after task i of the stage before (``aftercorr``).
 """
 import json
 import shlex
@@ -34,7 +37,17 @@ DASK_STAGES = ("cube", "patches")
 
 def submission_paths(workdir):
     base = Path(workdir).resolve() / "slurm"
-    return {"dir": base, "config": base / "run.yaml", "manifest": base / "manifest.json", "logs": base / "logs"}
+    return {"dir": base, "config": base / "run.yaml", "manifest": base / "manifest.json", "logs": base / "logs",
+            "runs": base / "runs.txt"}
+
+
+def campaign(config, inputs):
+    """One configuration per input file, each in its own run directory ``WORKDIR/<file stem>``."""
+    stems = [Path(source).name.split(".")[0] for source in inputs]
+    if len(set(stems)) < len(stems):  # scan.npy and scan.h5, or the same name in two folders
+        stems = [f"{i:04d}-{stem}" for i, stem in enumerate(stems)]
+    return [config.model_copy(update={"input": Path(source), "workdir": Path(config.workdir) / stem})
+            for source, stem in zip(inputs, stems)]
 
 
 def prepare(config, site):
@@ -55,9 +68,12 @@ def stages_of(config):
     return [s for s in STAGES if not (s == "cube" and config.input is not None and _is_cube(config.input))]
 
 
-def render(stage, site, paths):
-    """The batch script of one stage, as text."""
-    directives = {"job-name": f"rvae-{stage}", "output": paths["logs"] / f"{stage}.log", "open-mode": "append",
+def render(stage, site, paths, runs=1):
+    """The batch script of one stage, as text; with ``runs`` > 1 (a campaign) a job array whose
+    task i runs the i-th configuration listed in ``paths["runs"]``."""
+    array = runs > 1
+    directives = {"job-name": f"rvae-{stage}", "array": f"0-{runs - 1}" if array else None,
+                  "output": paths["logs"] / (f"{stage}-%a.log" if array else f"{stage}.log"), "open-mode": "append",
                   "time": getattr(site.time, stage), "account": site.account, "partition": site.partition,
                   "qos": site.qos, "constraint": site.constraint}
     launch = ["srun"]
@@ -80,17 +96,20 @@ def render(stage, site, paths):
     # Without a site setup, the environment that ran `rvae submit`.
     setup = site.setup or [f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}"]
     env = {"OMP_NUM_THREADS": "${SLURM_CPUS_PER_TASK:-1}", "PYTHONUNBUFFERED": "1", **site.env}
-    command = " ".join([*launch, "rvae", "run", shlex.quote(str(paths["config"])), "--stage", stage])
+    config = '"$config"' if array else shlex.quote(str(paths["config"]))
+    command = " ".join([*launch, "rvae", "run", config, "--stage", stage])
+    what = f"each run of the campaign in {paths['dir'].parent}" if array else f"the run in {paths['dir'].parent}"
     lines = [
         "#!/bin/bash",
-        f"# rvae-hpc, stage '{stage}' of the run in {paths['dir'].parent} (rvae submit, site {site.name}).",
+        f"# rvae-hpc, stage '{stage}' of {what} (rvae submit, site {site.name}).",
         f"# By hand: sbatch {paths['dir'] / (stage + '.sbatch')}",
         *header,
         "set -uo pipefail",
         *setup,
         *(f"export {key}={value if value.startswith('${') else shlex.quote(value)}" for key, value in env.items()),
+        *([f'config=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(paths["runs"]))})'] if array else []),
         f'echo "[$(date +%FT%T)] rvae {stage}: job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}) on '
-        f'$SLURM_JOB_NODELIST, ${{SLURM_NTASKS:-1}} task(s)"',
+        f'$SLURM_JOB_NODELIST, ${{SLURM_NTASKS:-1}} task(s){" for $config" if array else ""}"',
     ]
     if stage not in RANK_STAGES:
         return "\n".join([*lines, command, ""])
@@ -109,20 +128,33 @@ def render(stage, site, paths):
         ""])
 
 
-def submit(config, site_name, *, dry_run=False, log=print, **site_overrides):
-    """Write the scripts and the manifest, submit the chain (unless ``dry_run``); returns the manifest."""
+def submit(config, site_name, *, inputs=None, dry_run=False, log=print, **site_overrides):
+    """Write the scripts and the manifest, submit the chain (unless ``dry_run``); returns the manifest.
+
+    ``inputs``: a campaign, one run per file (:func:`campaign`): every stage is one job array,
+    task i of each after task i of the one before (``aftercorr``), so one file's failure stops
+    only that file's chain.
+    """
     site = load_site(site_name, **site_overrides)
     paths = submission_paths(config.workdir)
-    config = prepare(config, site)
-    scripts = {stage: render(stage, site, paths) for stage in stages_of(config)}
+    runs = [prepare(c, site) for c in (campaign(config, inputs) if inputs else [config])]
+    stages = STAGES if inputs else stages_of(runs[0])
+    scripts = {stage: render(stage, site, paths, len(runs) if inputs else 1) for stage in stages}
     if dry_run:
         for stage, text in scripts.items():
             log(f"# ---- {paths['dir'] / (stage + '.sbatch')}\n{text}")
         return None
     _refuse_if_running(paths)
     paths["logs"].mkdir(parents=True, exist_ok=True)
-    paths["config"].write_text(to_yaml(config))
-    manifest = {"site": site.name, "config": str(paths["config"]), "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    if inputs:
+        (paths["dir"] / "runs").mkdir(exist_ok=True)
+        configs = [paths["dir"] / "runs" / f"{Path(run.workdir).name}.yaml" for run in runs]
+        paths["runs"].write_text("".join(f"{path}\n" for path in configs))
+    else:
+        configs = [paths["config"]]
+    for path, run in zip(configs, runs):
+        path.write_text(to_yaml(run))
+    manifest = {"site": site.name, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "configs": list(map(str, configs)),
                 "stages": []}
     previous = None
     for stage, text in scripts.items():
@@ -130,17 +162,19 @@ def submit(config, site_name, *, dry_run=False, log=print, **site_overrides):
         script.write_text(text)
         command = ["sbatch", "--parsable", "--kill-on-invalid-dep=yes"]
         if previous:
-            command.append(f"--dependency=afterok:{previous}")
+            command.append(f"--dependency={'aftercorr' if inputs else 'afterok'}:{previous}")
         done = subprocess.run([*command, str(script)], capture_output=True, text=True)
         if done.returncode != 0:
             _cancel([s["job_id"] for s in manifest["stages"]])
             raise ValueError(f"sbatch refused the {stage} job: {done.stderr.strip() or done.stdout.strip()}"
                              + (" (the jobs submitted before it are cancelled)" if manifest["stages"] else ""))
         previous = done.stdout.strip().split(";")[0]
+        logs = [paths["logs"] / (f"{stage}-{i}.log" if inputs else f"{stage}.log") for i in range(len(runs))]
         manifest["stages"].append({"stage": stage, "job_id": previous, "script": str(script),
-                                   "log": str(paths["logs"] / f"{stage}.log")})
+                                   "logs": list(map(str, logs))})
         _write_manifest(paths["manifest"], manifest)
-        log(f"submitted {stage:8} job {previous}  log {paths['logs'] / (stage + '.log')}")
+        log(f"submitted {stage:8} job {previous}{f' ({len(runs)} runs)' if inputs else ''}  log {logs[0]}"
+            + (" ..." if inputs else ""))
     log(f"follow it with: rvae status {paths['dir'].parent}")
     return manifest
 

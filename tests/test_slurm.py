@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import xarray as xr
@@ -231,3 +232,39 @@ def test_dask_slurm_workers_write_the_same_patch_store_as_threads(slurm, lattice
     jobs = subprocess.run(["scontrol", "show", "jobs"], env=slurm, capture_output=True, text=True).stdout
     assert "JobName=dask-worker" in jobs  # the work ran in worker jobs, which were ended with the stage
     assert not subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_campaign_runs_each_file_as_a_task_of_each_stage_array(slurm, tmp_path):
+    from pipeline.synthetic import lattice_grains
+
+    image = lattice_grains(size=128, seed=0)["data"].values.astype(np.float32)
+    np.save(tmp_path / "good.npy", image)
+    image[5, 5] = np.nan  # patches refuses it: this file's chain stops there, the other's goes on
+    np.save(tmp_path / "bad.npy", image)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({k: v for k, v in CHAIN.items() if k != "synthetic"}))
+    done = rvae_cli(slurm, tmp_path, "submit", "run.yaml", "--inputs", "good.npy", "bad.npy")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "out" / "slurm" / "manifest.json").read_text())
+    jobs = {entry["stage"]: entry["job_id"] for entry in manifest["stages"]}
+    for stage in ("cube", "patches", "train", "encode", "report"):
+        assert wait(slurm, f"{jobs[stage]}_0") == ("COMPLETED", "0"), stage
+    assert wait(slurm, f"{jobs['patches']}_1") == ("FAILED", "1")
+    assert wait(slurm, f"{jobs['report']}_1")[0] == "CANCELLED"
+    assert xr.open_zarr(tmp_path / "out" / "good" / "results.zarr").attrs["complete"] is True
+    assert not (tmp_path / "out" / "bad" / "results.zarr").exists()
+    status = rvae_cli(slurm, tmp_path, "status", "out")
+    assert "a campaign of 2 runs" in status.stdout and "1 COMPLETED, 1 FAILED" in status.stdout
+    assert "stage patches of bad failed" in status.stdout and "NaN" in status.stdout
+
+
+def test_cancel_ends_every_job_of_a_submission(slurm, tmp_path):
+    jobs = submit_chain(slurm, tmp_path, {**CHAIN, "train": {"epochs": 100000, "batch_size": 16}})
+    log = tmp_path / "out" / "slurm" / "logs" / "train.log"
+    deadline = time.monotonic() + 180
+    while "epoch" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.3)
+    done = rvae_cli(slurm, tmp_path, "cancel", "out")
+    assert done.returncode == 0, done.stderr
+    for stage in ("train", "encode", "report"):
+        assert wait(slurm, jobs[stage])[0] == "CANCELLED", stage
