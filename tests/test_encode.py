@@ -88,3 +88,28 @@ def test_checkpoint_for_other_windows_is_refused(lattice_cube, trained_lattice, 
     with pytest.raises(ValueError, match=r"checkpoint expects \(24, 24\) samples"):
         encode(lattice_cube, tmp_path / "p.zarr", checkpoint, tmp_path / "r.zarr")
     assert not (tmp_path / "r.zarr").exists()
+
+
+def test_sigusr1_stops_encode_after_its_block_and_a_rerun_finishes(lattice_cube, trained_lattice, tmp_path):
+    import os
+    import signal
+
+    from pipeline.preemption import Preempted
+
+    patches, checkpoint = trained_lattice
+    encode(lattice_cube, patches, checkpoint, tmp_path / "full.zarr", block=100, log=lambda s: None)
+
+    def signal_after_first_block(line):  # what SLURM's --signal=USR1 does, from outside
+        if line.startswith("encoded block 1/"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    with pytest.raises(Preempted, match="stopped by SIGUSR1 after"):
+        encode(lattice_cube, patches, checkpoint, tmp_path / "r.zarr", block=100, log=signal_after_first_block)
+    partial = xr.open_zarr(tmp_path / "r.zarr")
+    done = int(partial["block_done"].values.sum())
+    assert partial.attrs["complete"] is False and 1 <= done < partial.sizes["block"]
+    encode(lattice_cube, patches, checkpoint, tmp_path / "r.zarr", block=100, log=lambda s: None)
+    resumed, full = xr.open_zarr(tmp_path / "r.zarr"), xr.open_zarr(tmp_path / "full.zarr")
+    assert resumed.attrs["complete"] is True
+    for name in ("angle", "z", "recon_error"):
+        np.testing.assert_allclose(resumed[name].values, full[name].values, rtol=1e-5, atol=1e-6)
