@@ -106,3 +106,12 @@ def test_dry_run_prints_the_scripts_and_writes_nothing(rvae, tmp_path):
     assert not (tmp_path / "out").exists()
     done = rvae("submit", "run.yaml", "--site", "perlmutter", cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "'account' is required" in done.stderr
+
+
+def test_dask_stages_on_dask_mpi_ranks_inside_their_allocation(tmp_path):
+    site = load_site("generic", dask="mpi", dask_tasks=4)
+    rendered = scripts(site, tmp_path)
+    d = directives(rendered["patches"])
+    assert d["ntasks"] == "4" and "nodes" not in d  # dask-mpi's ranks may spread over nodes
+    assert re.search(r"^srun --mpi=pmix rvae run .* --stage patches$", rendered["patches"], re.M)
+    assert prepare(RunConfig(workdir=tmp_path), site).dask == "mpi"
