@@ -61,6 +61,12 @@ def build_parser():
     p.add_argument("--inputs", nargs="+", metavar="FILE",
                    help="a campaign: one run per file (in WORKDIR/<file stem>), each stage one job array")
     p.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+    p = sub.add_parser("export", help="results as a HyperSpy signal (.hspy) for HyperSpy, pyxem, LiberTEM",
+                       description="results as a HyperSpy signal: scan axes navigate, one signal axis over the "
+                                   "quantities (angle and std in degrees, latents, errors)")
+    p.add_argument("results")
+    p.add_argument("out", help="NAME.hspy")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     for name, text in (("status", "each stage's job, state, progress and, on failure, its log"),
                        ("cancel", "cancel the jobs of an rvae submit")):
         p = sub.add_parser(name, help=f"{text}", description=text)
@@ -210,6 +216,10 @@ def _run_command(args):
         overrides = {name: getattr(args, name) for name in ("account", "partition", "qos", "nodes", "tasks_per_node",
                                                             "gpus_per_node", "backend")}
         submit(cfg.load_config(args.config), args.site, inputs=args.inputs, dry_run=args.dry_run, **overrides)
+    elif command == "export":
+        from .export import export_hspy
+
+        print(f"wrote {export_hspy(args.results, args.out, overwrite=args.overwrite)}")
     elif command == "status":
         from .status import status
 

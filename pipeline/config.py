@@ -156,6 +156,12 @@ def load_config(path):
     return parse_config(read_yaml(path), source=str(path))
 
 
-def to_yaml(config):
-    """The resolved configuration as YAML text (stored in the results' attrs)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def to_yaml(config, exclude=None):
+    """The resolved configuration as YAML text (without the sections in ``exclude``)."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude=exclude), sort_keys=False)
+
+
+def as_run(config):
+    """The configuration that actually ran, as YAML: the synthetic section only for synthetic
+    data, the ingest section only for a source that was ingested (stored in the results)."""
+    return to_yaml(config, exclude={"ingest"} if config.input is None else {"synthetic"})

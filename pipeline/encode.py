@@ -3,7 +3,8 @@
 Every position recorded in the patch store (each atom column, each grid window, each scan
 position) is encoded, a block of positions at a time: a block reads only the cube region its
 windows cover. The results' layout is written first (a template, :mod:`pipeline.results`); each
-finished block then fills its own chunk-aligned region and ticks its own entry of ``block_done``,
+finished block then fills its own chunk-aligned region and ticks its own entry of
+``progress/block_done``,
 so an interrupted run resumes where it stopped. ``attrs["complete"] = True`` is written last.
 
 Who encodes the blocks:
@@ -35,7 +36,7 @@ from .distributed import ClusterEnvironment, make_strategy
 from .cube_regions import RegionReader
 from .patches import check_cube, positions_to_encode, region_bounds
 from .preemption import Preempted, PreemptionFlag
-from .results import EncodePlan, results_template, write_block
+from .results import EncodePlan, blocks_done, create_progress, mark_done, results_template, write_block
 from .stores import check_distinct, open_cube, open_store, output_lock, reading, record_chunks, staged_output, writing
 from .windows import ScanGrid, WindowSpec
 
@@ -126,10 +127,10 @@ class EncodeJob:
             return cut_block(self.spec, self.reader, positions), region
 
     def write(self, group, region, posterior, b):
-        """One block's results into its region, then its entry of ``block_done``."""
+        """One block's results into its region, then its entry of ``progress/block_done``."""
         with writing(self.out_path):
             write_block(group, self.plan, self.model, region, *posterior, self.symmetry)
-            group["block_done"][b] = 1
+            mark_done(group, b)
 
     def finish(self, group, world_size):
         """Mark the store complete: after every block is written, by one writer."""
@@ -190,7 +191,7 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
             log(f"{out_path}: up to date (complete results of this same run), kept")
             return xr.open_zarr(out_path)
         group = group or zarr.open_group(str(out_path), mode="r+")
-        todo = np.flatnonzero(group["block_done"][:] == 0)
+        todo = np.flatnonzero(blocks_done(group) == 0)
         mine = np.array_split(todo, strategy.world_size)[strategy.rank]  # a run of neighbouring blocks each
         if len(todo) < job.plan.n_blocks:
             log(f"resuming: {job.plan.n_blocks - len(todo)} of {job.plan.n_blocks} blocks already written")
@@ -239,7 +240,7 @@ def encode_with_dask(client, cube_path, patches_path, checkpoint_path, out_path,
         if group is None:
             log(f"{out_path}: up to date (complete results of this same run), kept")
             return xr.open_zarr(out_path)
-        todo = np.flatnonzero(group["block_done"][:] == 0)
+        todo = np.flatnonzero(blocks_done(group) == 0)
         if len(todo) < job.plan.n_blocks:
             log(f"resuming: {job.plan.n_blocks - len(todo)} of {job.plan.n_blocks} blocks already written")
         shared = client.scatter(job, broadcast=True)
@@ -317,6 +318,8 @@ def _open_or_create(job, overwrite, reuse):
         template = results_template(job.plan, job.cube, job.model, job.symmetry, job.attrs)
         template.to_zarr(staging, compute=False, zarr_format=3)
         group = zarr.open_group(str(staging), mode="r+")
+        create_progress(group, job.plan.n_blocks)
+        zarr.consolidate_metadata(str(staging))  # the template's consolidated metadata lacked it
         for name in template.coords:  # coordinates are in memory: write them now, not with the blocks
             group[name][:] = template[name].values
     return zarr.open_group(str(out), mode="r+")

@@ -5,8 +5,8 @@ Imported by the CLI only; nothing else depends on matplotlib.
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from . import analysis  # noqa: F401  (ds.rvae)
 from .stores import check_distinct, open_store, output_lock, writing
 
 
@@ -58,7 +58,7 @@ def _draw(plt, results, out, figures, log):
     ax.set(xlabel="z0", ylabel="z1", title="latent space")
     _save(fig, figures["latent_scatter"])
 
-    if not _manifold(plt, results, z, figures["manifold"], log):
+    if not _manifold(plt, results, figures["manifold"], log):
         del figures["manifold"]
     summary = _summary(results, symmetry)
     (out / "summary.txt").write_text(summary)
@@ -97,24 +97,15 @@ def _extent(x, y):
     return (x[0] - dx / 2, x[-1] + dx / 2, y[-1] + dy / 2, y[0] - dy / 2)
 
 
-def _manifold(plt, results, z, path, log, n=8):
+def _manifold(plt, results, path, log, n=8):
     """Decoded images on a grid spanning the encoded latents' 5th-95th percentiles (angle 0),
     from the checkpoint the results name, if it is still there and unchanged; returns whether
     the figure was drawn."""
-    from models import load_checkpoint, manifold2d
-
-    from .provenance import file_sha256
-
-    checkpoint = results.attrs.get("checkpoint")
     try:
-        if file_sha256(checkpoint) != results.attrs.get("checkpoint_sha256"):
-            log(f"manifold skipped: checkpoint {checkpoint!r} changed since the results were encoded")
-            return False
-        model, _ = load_checkpoint(checkpoint)
+        mosaic, extent = results.rvae.manifold(n=n)
     except (OSError, ValueError, TypeError) as err:
-        log(f"manifold skipped: cannot use checkpoint {checkpoint!r} ({' '.join(str(err).split())[:120]})")
+        log(f"manifold skipped: {' '.join(str(err).split())[:160]}")
         return False
-    mosaic, extent = manifold2d(model, z.T, n=n)
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(mosaic, cmap="gray", extent=extent, aspect="auto")
     ax.set(xlabel="z0", ylabel="z1", title="latent manifold (angle 0)")
@@ -126,9 +117,8 @@ def _summary(results, symmetry):
     lines = [f"results: {results.attrs.get('mode')} mode, {results['recon_error'].size} positions, "
              f"{results.sizes['latent']} latents"]
     if "angle" in results:
-        a = np.degrees(results["angle"].values)
-        lines.append(f"rotation: mean {np.nanmean(a):.2f} deg, std {np.nanstd(a):.2f} deg "
-                     f"(modulo {360 / symmetry:g} deg), mean posterior std "
+        lines.append(f"rotation: circular mean {results.rvae.circular_mean():.2f} deg, circular std "
+                     f"{results.rvae.circular_std():.2f} deg (modulo {360 / symmetry:g} deg), mean posterior std "
                      f"{np.degrees(np.nanmean(results['angle_std'].values)):.2f} deg")
     lines.append(f"reconstruction error (normalised MSE): mean {float(results['recon_error'].mean()):.4g}")
     lines.append(f"checkpoint: {results.attrs.get('checkpoint')}  git {results.attrs.get('git_commit', '')[:10]}")

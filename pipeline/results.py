@@ -2,8 +2,9 @@
 block, and how one block's posterior lands in its chunk-aligned region.
 
 Each block fills whole chunks of every variable and its own entry (its own chunk) of
-``block_done``, so any number of writers, ranks or Dask workers, can fill distinct blocks at
-once without two ever writing one chunk.
+``progress/block_done``, so any number of writers, ranks or Dask workers, can fill distinct blocks
+at once without two ever writing one chunk. That bookkeeping lives in a subgroup, which
+``xarray.open_zarr`` does not read: the user's dataset holds the results alone.
 """
 import math
 
@@ -68,17 +69,17 @@ def results_template(plan, cube, model, symmetry, attrs):
         rows, cols = plan.positions[:, 0], plan.positions[:, 1]
         coords = {"y": ("sample", physical("y", rows), dict(cube["y"].attrs)),
                   "x": ("sample", physical("x", cols), dict(cube["x"].attrs)),
-                  "row": ("sample", rows, {"units": "px"}), "col": ("sample", cols, {"units": "px"})}
+                  "row": ("sample", rows, {"units": "px", "long_name": "atom column row in the image"}),
+                  "col": ("sample", cols, {"units": "px", "long_name": "atom column column in the image"})}
     else:
         coords = {"y": ("y", physical("y", np.asarray(plan.positions.rows)), dict(cube["y"].attrs)),
                   "x": ("x", physical("x", np.asarray(plan.positions.cols)), dict(cube["x"].attrs))}
-    coords["latent"] = ("latent", np.arange(latent))
+    coords["latent"] = ("latent", np.arange(latent), {"units": "1", "long_name": "latent variable index"})
     half = np.pi / symmetry
     data = {
         "z": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent mean"}),
         "z_std": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent posterior std"}),
         "recon_error": (plan.dims, empty(), {"units": "1", "long_name": "mean squared reconstruction error (normalised)"}),
-        "block_done": (("block",), da.zeros(plan.n_blocks, dtype=np.int8, chunks=1), {"long_name": "1 where a block is written"}),
     }
     if model.rotation:
         data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, wrapped to (-pi/{symmetry}, pi/{symmetry}]",
@@ -87,7 +88,23 @@ def results_template(plan, cube, model, symmetry, attrs):
     if model.translation:
         for axis in ("y", "x"):
             data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})
-    return xr.Dataset(data, coords=coords, attrs={**attrs, "complete": False})
+    title = f"rVAE rotation and latent maps of {attrs.get('source', 'a cube')}"
+    return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.10", "title": title, **attrs, "complete": False})
+
+
+def create_progress(group, n_blocks):
+    """The per-block record of what is written (a chunk per block, zero until written)."""
+    group.require_group("progress").create_array("block_done", shape=(n_blocks,), chunks=(1,), dtype="int8",
+                                                  fill_value=0, attributes={"long_name": "1 where a block is written"})
+
+
+def blocks_done(group):
+    """Which blocks of the results ``group`` are written (an int8 array, 1 where written)."""
+    return group["progress/block_done"][:]
+
+
+def mark_done(group, b):
+    group["progress/block_done"][b] = 1
 
 
 def write_block(group, plan, model, region, mean, std, error, symmetry):

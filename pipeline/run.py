@@ -1,7 +1,7 @@
 """``rvae run``: the whole chain for one configuration; ``rvae demo``: the same on embedded data."""
 from pathlib import Path
 
-from .config import EncodeConfig, RunConfig, to_yaml
+from .config import EncodeConfig, RunConfig, as_run
 
 
 def stage_paths(workdir):
@@ -73,7 +73,7 @@ def _encode(config, paths, overwrite, progress, log):
 
     log(f"[encode] -> {paths['results']}")
     encode_on(config.dask, paths["cube"], paths["patches"], paths["checkpoint"], paths["results"], overwrite=overwrite,
-              reuse=not overwrite, config_text=to_yaml(config), variable=config.patches.variable, log=log,
+              reuse=not overwrite, config_text=as_run(config), variable=config.patches.variable, log=log,
               **config.encode.model_dump())
 
 

@@ -59,8 +59,10 @@ def progress(stage, config_path):
         if stage == "encode" and (paths["results"] / "zarr.json").is_file():
             import zarr
 
+            from .results import blocks_done
+
             group = zarr.open_group(str(paths["results"]), mode="r")
-            blocks = group["block_done"][:]
+            blocks = blocks_done(group)
             return f"{int(blocks.sum())}/{len(blocks)} blocks" + (", complete" if group.attrs.get("complete") else "")
     except (OSError, ValueError, KeyError):
         return "output unreadable"

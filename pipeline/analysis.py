@@ -1,0 +1,163 @@
+"""Analysing results in xarray: the ``ds.rvae`` accessor on an opened ``results.zarr``.
+
+    import xarray as xr
+    import pipeline.analysis  # registers ds.rvae
+    res = xr.open_zarr("rvae-demo/results.zarr")
+    res.rvae.degrees()                                   # the rotation map in degrees, units and range kept
+    res.rvae.circular_mean(region={"y": slice(0, 3)})    # degrees, modulo the lattice's 360/n
+    res.rvae.circular_std(by=res.rvae.domains(4))        # per orientation domain
+    aligned = res.rvae.remove_offset(region={"x": slice(8, 11)})   # a reference grain's angle becomes 0
+    res.rvae.plot()                                      # cyclic colours over (-180/n, 180/n]
+
+Angles of an n-fold symmetric lattice are defined modulo 2 pi / n: every statistic here is
+circular on that period (the mean direction of exp(i n angle), divided by n), so a grain that
+straddles the wrap is not averaged to zero. Grid and frames results are maps on ``(y, x)``;
+points results are a list of atom columns along ``sample`` with ``y``/``x`` coordinates (not a
+grid, so not indexable by ``.sel(x=...)``): :meth:`RVAEAccessor.region` selects a rectangle in both.
+"""
+import numpy as np
+import xarray as xr
+
+
+def circular_mean(angle, symmetry=1, axis=None):
+    """Mean direction of angles (radians) modulo ``2 pi / symmetry``, NaN ignored."""
+    z = np.nanmean(np.exp(1j * symmetry * np.asarray(angle, dtype=float)), axis=axis)
+    return np.angle(z) / symmetry
+
+
+def circular_std(angle, symmetry=1, axis=None):
+    """Circular standard deviation (radians) modulo ``2 pi / symmetry``: sqrt(-2 ln R) / n."""
+    r = np.abs(np.nanmean(np.exp(1j * symmetry * np.asarray(angle, dtype=float)), axis=axis))
+    return np.sqrt(-2 * np.log(np.clip(r, 1e-12, 1))) / symmetry
+
+
+def wrap(angle, symmetry=1):
+    """Angles (radians) wrapped into ``(-pi/n, pi/n]``."""
+    half = np.pi / symmetry
+    return half - np.mod(half - angle, 2 * half)
+
+
+@xr.register_dataset_accessor("rvae")
+class RVAEAccessor:
+    def __init__(self, ds):
+        self._ds = ds
+
+    @property
+    def symmetry(self):
+        return int(self._ds.attrs.get("symmetry", 1))
+
+    @property
+    def points(self):
+        return "sample" in self._ds["recon_error"].dims
+
+    def _angle(self):
+        if "angle" not in self._ds:
+            raise ValueError("these results have no angle (a model trained without rotation)")
+        return self._ds["angle"]
+
+    def degrees(self, name="angle"):
+        """``angle`` (or ``angle_std``) in degrees, with ``units`` and ``valid_range`` to match."""
+        da = self._ds[name]
+        attrs = {**da.attrs, "units": "degree"}
+        if "valid_range" in attrs:
+            attrs["valid_range"] = [float(np.degrees(v)) for v in attrs["valid_range"]]
+        return xr.apply_ufunc(np.degrees, da, dask="allowed", keep_attrs=False).assign_attrs(attrs)
+
+    def region(self, **bounds):
+        """The results inside a rectangle of physical coordinates, e.g. ``region(y=slice(0, 3))``,
+        for maps and for points alike."""
+        if not self.points:
+            return self._ds.sel(**bounds)
+        keep = np.ones(self._ds.sizes["sample"], dtype=bool)
+        for dim, bound in bounds.items():
+            values = self._ds[dim].values
+            keep &= (values >= (bound.start if bound.start is not None else -np.inf)) & \
+                    (values <= (bound.stop if bound.stop is not None else np.inf))
+        return self._ds.isel(sample=np.flatnonzero(keep))
+
+    def _reduce(self, stat, region=None, where=None, by=None):
+        ds = self._ds if region is None else self.region(**region)
+        angle = ds["angle"] if "angle" in ds else self._angle()
+        if where is not None:
+            angle = angle.where(where)
+        if by is None:
+            return float(np.degrees(stat(angle.values, self.symmetry)))
+        labels = by.broadcast_like(angle).values.ravel()
+        values = angle.values.ravel()
+        found = np.unique(labels[~np.isnan(labels)] if labels.dtype.kind == "f" else labels)
+        return {label.item(): float(np.degrees(stat(values[labels == label], self.symmetry))) for label in found}
+
+    def circular_mean(self, region=None, where=None, by=None):
+        """Circular mean angle in degrees (modulo 360/n) over the results, a ``region`` (bounds as
+        in :meth:`region`), a boolean ``where`` mask, or per label of ``by`` (a dict)."""
+        return self._reduce(circular_mean, region, where, by)
+
+    def circular_std(self, region=None, where=None, by=None):
+        """Circular standard deviation in degrees, over the same choices as :meth:`circular_mean`."""
+        return self._reduce(circular_std, region, where, by)
+
+    def remove_offset(self, region=None, angle=None):
+        """The results with one global rotation removed: the circular mean over a reference
+        ``region`` (or a given ``angle`` in degrees) becomes 0; angles wrapped again."""
+        if (region is None) == (angle is None):
+            raise ValueError("give either a reference region or a reference angle (degrees)")
+        offset = np.radians(angle) if angle is not None else np.radians(self.circular_mean(region=region))
+        shifted = xr.apply_ufunc(wrap, self._angle() - offset, kwargs={"symmetry": self.symmetry}, dask="allowed")
+        return self._ds.assign(angle=shifted.assign_attrs(self._angle().attrs))
+
+    def domains(self, n, iterations=50):
+        """Orientation domains: ``n`` clusters of the angle on its circle (k-means on
+        ``(cos n angle, sin n angle)``, started from evenly spaced angles); labels 0..n-1 ordered by
+        angle, NaN where there is no angle."""
+        angle = self._angle()
+        values = angle.values.ravel()
+        finite = np.isfinite(values)
+        points = np.exp(1j * self.symmetry * values[finite])
+        centres = np.exp(1j * np.linspace(-np.pi, np.pi, n, endpoint=False) + 1j * np.pi / n)
+        for _ in range(iterations):
+            label = np.argmin(np.abs(points[:, None] - centres[None, :]), axis=1)
+            moved = np.array([points[label == k].mean() if (label == k).any() else centres[k] for k in range(n)])
+            if np.allclose(moved, centres):
+                break
+            centres = moved
+        order = np.argsort(np.argsort(np.angle(centres)))
+        labels = np.full(values.shape, np.nan)
+        labels[finite] = order[label]
+        return xr.DataArray(labels.reshape(angle.shape), dims=angle.dims, coords=angle.coords,
+                            attrs={"long_name": "orientation domain", "units": "1"})
+
+    def plot(self, ax=None, **kwargs):
+        """The rotation map in degrees with a cyclic colour map spanning the symmetry's range."""
+        import matplotlib.pyplot as plt
+
+        half = 180 / self.symmetry
+        style = {"cmap": "twilight", "vmin": -half, "vmax": half, **kwargs}
+        angle = self.degrees()
+        if not self.points:
+            return angle.plot(ax=ax, **style)
+        ax = ax or plt.gca()
+        drawn = ax.scatter(self._ds["x"], self._ds["y"], c=angle, s=style.pop("s", 6), **style)
+        ax.set(xlabel=f"x ({self._ds['x'].attrs.get('units', '')})", ylabel=f"y ({self._ds['y'].attrs.get('units', '')})",
+               aspect="equal")
+        ax.invert_yaxis()
+        plt.colorbar(drawn, ax=ax, label="rotation (degree)")
+        return drawn
+
+    def model(self):
+        """The trained model that encoded these results, from the checkpoint they name, after
+        checking it is the same file (its SHA-256)."""
+        from models import load_checkpoint
+
+        from .provenance import file_sha256
+
+        checkpoint = self._ds.attrs.get("checkpoint")
+        if file_sha256(checkpoint) != self._ds.attrs.get("checkpoint_sha256"):
+            raise ValueError(f"checkpoint {checkpoint!r} changed since the results were encoded")
+        return load_checkpoint(checkpoint)[0]
+
+    def manifold(self, n=8):
+        """The decoded latent manifold ``(image, extent)`` over the encoded latents' range (angle 0)."""
+        from models import manifold2d
+
+        z = self._ds["z"].values.reshape(self._ds.sizes["latent"], -1).T
+        return manifold2d(self.model(), z[np.isfinite(z).all(axis=1)], n=n)

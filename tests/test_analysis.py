@@ -1,0 +1,122 @@
+"""Results as people analyse them: the contract, the ``ds.rvae`` accessor, the HyperSpy export."""
+import numpy as np
+import pytest
+import xarray as xr
+
+import pipeline.analysis  # noqa: F401  (ds.rvae)
+from pipeline.config import RunConfig, as_run
+from pipeline.encode import encode
+from pipeline.export import export_hspy
+from pipeline.stores import open_store
+
+
+def grid_results(angles_deg, symmetry=6):
+    """A results-like map: one row of angles (degrees) on a (1, N) grid."""
+    angle = np.radians(np.asarray(angles_deg, dtype=float))[None, :]
+    return xr.Dataset({"angle": (("y", "x"), angle, {"units": "rad"}),
+                       "recon_error": (("y", "x"), np.zeros_like(angle))},
+                      coords={"y": [0.0], "x": np.arange(angle.shape[1]) * 0.5}, attrs={"symmetry": symmetry})
+
+
+def test_circular_statistics_across_the_wrap():
+    # six-fold: angles live in (-30, 30]; a grain at +-29 deg straddles the wrap
+    res = grid_results([29, -29, 28, -28])
+    assert abs(res.rvae.circular_mean()) == pytest.approx(30, abs=1e-6)  # linear mean would say 0
+    assert res.rvae.circular_std() < 2.0
+    assert np.degrees(float(res["angle"].mean())) == pytest.approx(0, abs=1e-6)
+    labelled = grid_results([10, 12, -29, 29])
+    by = xr.DataArray(np.array([[0, 0, 1, 1]]), dims=("y", "x"))
+    means = labelled.rvae.circular_mean(by=by)
+    assert means[0] == pytest.approx(11, abs=1e-6) and abs(means[1]) == pytest.approx(30, abs=1e-6)
+    assert labelled.rvae.circular_mean(region={"x": slice(0, 0.6)}) == pytest.approx(11, abs=1e-6)
+    assert labelled.rvae.circular_mean(where=by == 0) == pytest.approx(11, abs=1e-6)
+
+
+def test_offset_removal_and_degrees_keep_units_and_range():
+    res = grid_results([25, 27, -29, 29])
+    aligned = res.assign_attrs(symmetry=6).rvae.remove_offset(region={"x": slice(0, 0.6)})
+    assert aligned.rvae.circular_mean(region={"x": slice(0, 0.6)}) == pytest.approx(0, abs=1e-6)
+    assert np.degrees(aligned["angle"].values).max() <= 30 + 1e-9  # wrapped again
+    assert aligned.rvae.circular_mean(region={"x": slice(1, 2)}) == pytest.approx(4, abs=1e-6)  # the +-30 grain, less 26
+    by_angle = res.rvae.remove_offset(angle=26)
+    np.testing.assert_allclose(by_angle["angle"].values, aligned["angle"].values, atol=1e-12)
+    res["angle"].attrs["valid_range"] = [-np.pi / 6, np.pi / 6]
+    deg = res.rvae.degrees()
+    assert deg.attrs["units"] == "degree" and deg.attrs["valid_range"] == pytest.approx([-30, 30])
+    with pytest.raises(ValueError, match="either"):
+        res.rvae.remove_offset()
+
+
+@pytest.fixture(scope="module")
+def results(lattice_cube, trained_lattice, tmp_path_factory):
+    patches, checkpoint = trained_lattice
+    path = tmp_path_factory.mktemp("analysis") / "results.zarr"
+    encode(lattice_cube, patches, checkpoint, path, symmetry=6, log=lambda line: None)
+    return path
+
+
+def test_results_contract(results):
+    ds = xr.open_zarr(results)
+    assert ds.attrs["Conventions"].startswith("CF-") and ds.attrs["title"].startswith("rVAE rotation")
+    assert "block_done" not in ds  # bookkeeping lives in a subgroup xarray does not read
+    for name, var in {**ds.data_vars, **ds.coords}.items():
+        assert var.attrs.get("units") and var.attrs.get("long_name"), name
+    assert "synthetic" not in as_run(RunConfig(input="scan.npy")) and "ingest" not in as_run(RunConfig())
+
+
+def test_domains_recover_the_grains_of_the_lattice(results, lattice_cube):
+    ds = xr.open_zarr(results).load()
+    domains = ds.rvae.domains(4)
+    grain = open_store(lattice_cube)["grain"].sel(y=xr.DataArray(ds["y"].values), x=xr.DataArray(ds["x"].values),
+                                                 method="nearest").values
+    # each grain falls (mostly) in one domain: the domains are the grains, up to relabelling
+    purity = [np.bincount(domains.values[grain == g].astype(int), minlength=4).max() / (grain == g).sum()
+              for g in np.unique(grain)]
+    assert min(purity) > 0.9, purity
+    per_domain = ds.rvae.circular_std(by=domains)
+    assert len(per_domain) == 4 and max(per_domain.values()) < 5.0, per_domain
+    corner = ds.rvae.region(y=slice(0, 2), x=slice(0, 2))
+    assert 0 < corner.sizes["sample"] < ds.sizes["sample"] and float(corner["y"].max()) <= 2
+
+
+def test_manifold_and_plot_from_the_accessor(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ds = xr.open_zarr(results).load()
+    mosaic, extent = ds.rvae.manifold(n=4)
+    assert mosaic.shape[0] == mosaic.shape[1] and np.isfinite(mosaic).all()
+    drawn = ds.rvae.plot()
+    assert drawn.get_clim() == pytest.approx((-30, 30))
+
+
+def test_export_opens_in_hyperspys_reader_with_axes_and_units(results, tmp_path):
+    from rsciio.hspy import file_reader
+
+    ds = xr.open_zarr(results).load()
+    out = export_hspy(results, tmp_path / "results.hspy")
+    signal, = file_reader(str(out))
+    names = signal["metadata"]["Signal"]["quantities"]
+    assert names[:2] == ["angle (degree)", "angle_std (degree)"] and "z0" in names and names[-1] == "recon_error"
+    assert signal["data"].shape == (ds.sizes["sample"], len(names))
+    np.testing.assert_allclose(signal["data"][:, 0], np.degrees(ds["angle"].values), rtol=1e-5)
+    assert [a["name"] for a in signal["axes"]] == ["sample", "quantity"]
+    with pytest.raises(FileExistsError):
+        export_hspy(results, out)
+
+
+def test_grid_export_keeps_the_scan_calibration(lattice_cube, trained_lattice, tmp_path):
+    from rsciio.hspy import file_reader
+
+    from pipeline.patches import write_patches
+    from pipeline.train import train
+
+    write_patches(lattice_cube, tmp_path / "p.zarr", mode="grid", window=16, stride=8, max_samples=256, progress=False)
+    train(tmp_path / "p.zarr", tmp_path / "m.ckpt", epochs=1, batch_size=64, log=lambda line: None)
+    encode(lattice_cube, tmp_path / "p.zarr", tmp_path / "m.ckpt", tmp_path / "r.zarr", log=lambda line: None)
+    ds = xr.open_zarr(tmp_path / "r.zarr")
+    signal, = file_reader(str(export_hspy(tmp_path / "r.zarr", tmp_path / "r.hspy")))
+    y, x, quantity = signal["axes"]
+    assert (y["name"], x["name"], y["units"]) == ("y", "x", "nm") and y["navigate"] and not quantity["navigate"]
+    assert y["scale"] == pytest.approx(float(ds["y"][1] - ds["y"][0])) and x["offset"] == pytest.approx(float(ds["x"][0]))
+    assert signal["data"].shape[:2] == (ds.sizes["y"], ds.sizes["x"])
