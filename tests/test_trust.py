@@ -163,9 +163,12 @@ def test_a_lost_chunk_is_an_error_for_every_stage_that_reads_it(tmp_path, rvae, 
 
 
 def counts_cube(path):
-    """A uint16 cube of four chunks, every one written."""
+    """A uint16 cube of four chunks, every one written, compressed as ingest compresses counts
+    (Blosc), so that the direct reader (pipeline.chunk_files) reads it."""
     data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) + 1
-    xr.Dataset({"data": (("y", "x"), data)}).chunk(32).to_zarr(path, zarr_format=3, write_empty_chunks=True)
+    blosc = zarr.codecs.BloscCodec(cname="lz4", shuffle="bitshuffle")
+    xr.Dataset({"data": (("y", "x"), data)}).chunk(32).to_zarr(
+        path, zarr_format=3, write_empty_chunks=True, encoding={"data": {"compressors": [blosc]}})
     return data
 
 
@@ -173,9 +176,12 @@ def test_an_integer_cube_read_straight_from_its_files_never_reads_a_lost_chunk_a
     from pipeline.chunk_files import read_chunks
     from pipeline.stores import open_cube, record_chunks
 
+    from pipeline.chunk_files import readable_directly
+
     counts_cube(tmp_path / "c.zarr")
     record_chunks(tmp_path / "c.zarr")
     assert open_cube(tmp_path / "c.zarr").values.min() == 1
+    assert readable_directly(zarr.open_array(str(tmp_path / "c.zarr" / "data")))
     lost = sorted(p for p in (tmp_path / "c.zarr" / "data" / "c").rglob("*") if p.is_file())[-1]
     lost.unlink()
     with pytest.raises(ValueError, match="has lost chunks of 'data': 3 of the 4 written"):
