@@ -21,7 +21,8 @@ DASK_STAGES = ("ingest", "patches", "encode")
 STAGES = {
     "synth": ("write the embedded synthetic dataset (with ground truth) as a Zarr cube",
               ["out"], [cfg.SyntheticConfig]),
-    "ingest": ("convert npy/tiff/hdf5/zarr to a labelled Zarr v3 cube", ["source", "out"], [cfg.IngestConfig]),
+    "ingest": ("convert a microscope file (npy, tiff, hdf5/NeXus, zarr, and every format rosettasciio reads: "
+               "dm3/dm4, emd, bcf, mib, hspy, ...) to a labelled Zarr v3 cube", ["source", "out"], [cfg.IngestConfig]),
     "patches": ("cut the training patch stack from a cube (Dask)", ["cube", "out"], [cfg.PatchesConfig]),
     "train": ("train an rVAE on a patch store", ["patches", "checkpoint"], [cfg.ModelConfig, cfg.TrainConfig]),
     "encode": ("stream the cube through the encoder into results.zarr",
@@ -85,7 +86,8 @@ def _add_section(parser, section):
         default = field.default if field.default is not None else "none"
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, choices=choices,
                            metavar=None if choices else "VALUE",
-                           help=f"{field.description or ''} (default: {default})".strip())
+                           help=field.description if "default:" in (field.description or "") else
+                           f"{field.description or ''} (default: {default})".strip())
 
 
 def _section_values(args, section):

@@ -33,6 +33,8 @@ class IngestConfig(Section):
     dataset: Optional[str] = Field(None, description="HDF5 dataset path or Zarr array name inside the source")
     pixel_size: Optional[float] = Field(None, gt=0, description="scan step in physical units (default: the file's calibration, else 1)")
     units: Optional[str] = Field(None, description="units of the scan axes (default: the file's, else px)")
+    signal_pixel_size: Optional[float] = Field(None, gt=0, description="detector pixel (ky, kx) or energy channel in physical units, e.g. mrad or eV (default: the file's calibration, else 1); detector axes are then centred on 0")
+    signal_units: Optional[str] = Field(None, description="units of the detector or energy axes, e.g. mrad, 1/nm, eV (default: the file's, else px)")
     shard: Optional[int] = Field(None, ge=1, description="store N x N chunks of the scan (N per scan axis) in one shard file: fewer, larger files; each write holds a whole shard in memory; none: a file per chunk")
 
 

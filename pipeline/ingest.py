@@ -264,11 +264,13 @@ def read_source(path, dataset=None):
         raise ValueError(f"cannot read {str(path)!r} as {path.suffix[1:]}: {err}") from err
 
 
-def label(source, *, dims=None, pixel_size=None, units=None, shard=None):
+def label(source, *, dims=None, pixel_size=None, units=None, signal_pixel_size=None, signal_units=None,
+          shard=None):
     """Name dims, attach coordinates and chunk: a ``Dataset`` with the cube in ``data``.
 
     Dims and calibration come from the file where it has them; ``dims``, ``pixel_size`` and
-    ``units`` (scan axes) override it. Uncalibrated axes count pixels (or energy channels).
+    ``units`` (scan axes) and ``signal_pixel_size``, ``signal_units`` (detector or energy axes)
+    override it. Uncalibrated axes count pixels (or energy channels).
     ``shard``: chunks per scan axis in each shard file; ``data``'s encoding carries the layout.
     """
     array = source.data
@@ -287,7 +289,9 @@ def label(source, *, dims=None, pixel_size=None, units=None, shard=None):
         raise ValueError(f"--dims names {len(dims)} axes ({','.join(dims)}) but the data has {array.ndim}: {array.shape}")
     if not {"y", "x"} <= set(dims):
         raise ValueError(f"--dims must include the scan axes 'y' and 'x', got {','.join(dims)}")
-    coords = {dim: _coordinate(dim, n, axis, pixel_size, units) for dim, n, axis in zip(dims, array.shape, calibration)}
+    coords = {dim: _coordinate(dim, n, axis, *((pixel_size, units) if dim in ("y", "x") else
+                                               (signal_pixel_size, signal_units)))
+              for dim, n, axis in zip(dims, array.shape, calibration)}
     chunks = cube_chunks(dims, array.shape, array.dtype, source.file_chunks)
     layout = {"chunks": chunks}
     if shard:
@@ -297,18 +301,24 @@ def label(source, *, dims=None, pixel_size=None, units=None, shard=None):
     # piece is a whole shard
     data = source.to_dask(layout.get("shards", chunks))
     attrs = {"original_metadata": json.dumps(source.metadata, default=str)}
-    return xr.Dataset({"data": (dims, data, {"long_name": "signal"}, layout)}, coords=coords, attrs=attrs)
+    what = {"long_name": "detector counts" if array.dtype.kind in "iu" else "detector signal",
+            "units": "counts" if array.dtype.kind in "iu" else "1"}
+    return xr.Dataset({"data": (dims, data, what, layout)}, coords=coords, attrs=attrs)
 
 
 def _coordinate(dim, n, axis, pixel_size, units):
+    """A dim's coordinate: the file's calibration, or ``pixel_size`` and ``units`` where given
+    (then the offset is 0 for scan axes and the centre of the axis for detector axes)."""
     scale, offset, unit = axis.get("scale", 1.0), axis.get("offset", 0.0), axis.get("units", "px")
-    if dim in ("y", "x"):
-        scale, unit = pixel_size or scale, units or unit
-        offset = offset if pixel_size is None else 0.0
-        return (dim, offset + np.arange(n) * scale, {"units": unit, "long_name": f"scan position {dim}"})
     if dim == "energy" and not axis:
         unit = "channel"
-    return (dim, offset + np.arange(n) * scale, {"units": unit, "long_name": axis.get("name") or dim})
+    if pixel_size is not None:
+        scale, offset = pixel_size, -(n // 2) * pixel_size if dim in ("ky", "kx") else 0.0
+    unit = units or unit
+    if dim in ("y", "x"):
+        return (dim, offset + np.arange(n) * scale, {"units": unit, "long_name": f"scan position {dim}"})
+    names = {"ky": "detector position ky", "kx": "detector position kx", "energy": "energy", "frame": "frame"}
+    return (dim, offset + np.arange(n) * scale, {"units": unit, "long_name": axis.get("name") or names.get(dim, dim)})
 
 
 def cube_chunks(dims, shape, dtype, file_chunks=None):
@@ -321,7 +331,8 @@ def cube_chunks(dims, shape, dtype, file_chunks=None):
     return tuple(c[0] for c in chunks)
 
 
-def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, shard=None, overwrite=False,
+def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, signal_pixel_size=None,
+           signal_units=None, shard=None, overwrite=False,
            reuse=False, progress=True, log=print):
     """``rvae ingest``: convert ``source`` to a Zarr v3 cube at ``out``; returns the Dataset.
 
@@ -330,6 +341,8 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
     """
     check_distinct([out], [source])
     options = {"dims": dims, "dataset": dataset, "pixel_size": pixel_size, "units": units, "shard": shard}
+    if signal_pixel_size is not None or signal_units is not None:  # (absent: records of older stores still match)
+        options.update(signal_pixel_size=signal_pixel_size, signal_units=signal_units)
     if not Path(source).exists():
         raise FileNotFoundError(f"no source file at {str(source)!r}")
     stat = Path(source).stat()
@@ -340,7 +353,8 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
         return open_store(out, what="cube")
     check_writable(out, overwrite)
     dims = dims.split(",") if isinstance(dims, str) else dims
-    ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units, shard=shard)
+    ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units,
+               signal_pixel_size=signal_pixel_size, signal_units=signal_units, shard=shard)
     ds.attrs.update(record)
     with staged_output(out, overwrite) as staging:
         with reading(source, "source"):

@@ -1,4 +1,7 @@
-"""Results as people analyse them: the contract, the ``ds.rvae`` accessor, the HyperSpy export."""
+"""Results as people analyse them: the contract, the ``ds.rvae`` accessor, the HyperSpy export,
+and the README's and the worked example's analyses, run as written."""
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -120,3 +123,46 @@ def test_grid_export_keeps_the_scan_calibration(lattice_cube, trained_lattice, t
     assert (y["name"], x["name"], y["units"]) == ("y", "x", "nm") and y["navigate"] and not quantity["navigate"]
     assert y["scale"] == pytest.approx(float(ds["y"][1] - ds["y"][0])) and x["offset"] == pytest.approx(float(ds["x"][0]))
     assert signal["data"].shape[:2] == (ds.sizes["y"], ds.sizes["x"])
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """A short demo run (the demo's configuration, fewer epochs) in ``.../rvae-demo``."""
+    from pipeline.run import demo_config, run
+
+    root = tmp_path_factory.mktemp("demo")
+    run(demo_config(root / "rvae-demo", epochs=8), progress=False, log=lambda line: None)
+    return root
+
+
+def test_the_readmes_analysis_example_runs(demo_dir, monkeypatch):
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Analysing results"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(demo_dir)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["aligned"].rvae.circular_mean(where=namespace["domains"] == 0) == pytest.approx(0, abs=1e-6)
+    assert namespace["image"].ndim == 2
+
+
+def test_the_worked_example_runs(demo_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "analyse_results.py"
+    done = subprocess.run([sys.executable, str(script), str(demo_dir / "rvae-demo")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the four grains' angles relative to the first come back within a few degrees of the truth
+    rows = re.findall(r"grain \d+: true +(-?[\d.]+) deg, rVAE +(-?[\d.]+) deg", done.stdout)
+    assert len(rows) == 4, done.stdout
+    for true, found in rows:
+        assert abs((float(found) - float(true) + 30) % 60 - 30) < 4, done.stdout
+    assert (demo_dir / "rvae-demo" / "analysis.png").is_file() and (demo_dir / "rvae-demo" / "results.hspy").is_file()

@@ -27,7 +27,7 @@ def test_atom_centred_lattice_run_recovers_grain_rotations(tmp_path, rvae):
 
 def test_4dstem_frames_run_recovers_the_orientation_map(tmp_path, rvae):
     # Four grains are four distinct patterns: with two content latents a VAE can memorise them
-    # without using its angle, so one content latent here (see README, "Choosing latents").
+    # without using its angle, so one content latent here (see README, "Which windows for which data").
     results, score, _ = run_config(rvae, tmp_path, {
         "workdir": "out", "synthetic": {"kind": "4dstem", "size": 16, "seed": 1},
         "patches": {"mode": "frames"}, "model": {"likelihood": "gaussian", "latent_dim": 1},

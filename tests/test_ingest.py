@@ -263,3 +263,15 @@ def test_spectrum_image_channels_are_energy_band_sums(tmp_path, rvae):
     refused = rvae("patches", tmp_path / "eds.zarr", tmp_path / "q.zarr", "--mode", "grid", "--window", "16")
     assert refused.returncode == 1 and "needs --channels" in refused.stderr
     assert not (tmp_path / "q.zarr").exists()
+
+
+def test_detector_axes_are_calibrated_at_ingest(rvae, tmp_path):
+    np.save(tmp_path / "scan.npy", np.random.default_rng(0).poisson(5, (4, 4, 8, 8)).astype(np.uint16))
+    done = rvae("ingest", tmp_path / "scan.npy", tmp_path / "cube.zarr", "--signal-pixel-size", "0.5",
+                "--signal-units", "mrad", "--pixel-size", "2", "--units", "nm")
+    assert done.returncode == 0, done.stderr
+    cube = xr.open_zarr(tmp_path / "cube.zarr")
+    np.testing.assert_allclose(cube["kx"].values, (np.arange(8) - 4) * 0.5)  # centred on the pattern
+    assert cube["ky"].attrs == {"units": "mrad", "long_name": "detector position ky"}
+    assert cube["x"].attrs["units"] == "nm" and cube["x"].values[1] == 2
+    assert cube["data"].attrs["long_name"] == "detector counts" and cube["data"].attrs["units"] == "counts"
