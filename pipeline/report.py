@@ -22,7 +22,8 @@ def write_report(results_path, out_dir, *, overwrite=False, log=print):
     if not results.attrs.get("complete"):
         raise ValueError(f"{str(results_path)!r} is unfinished (no complete=true); run rvae encode to the end first")
     out = Path(out_dir)
-    figures = {name: out / f"{name}.png" for name in ("rotation_map", "latent_maps", "latent_scatter", "manifold")}
+    figures = {name: out / f"{name}.png" for name in ("rotation_map", "latent_maps", "latent_scatter", "manifold",
+                                                      "pca_nmf")}
     if not overwrite and any(p.exists() for p in [*figures.values(), out / "summary.txt"]):
         raise FileExistsError(f"{str(out)!r} already holds a report; choose another directory or pass --overwrite")
     with output_lock(out), writing(out):
@@ -60,7 +61,10 @@ def _draw(plt, results, out, figures, log):
 
     if not _manifold(plt, results, figures["manifold"], log):
         del figures["manifold"]
-    summary = _summary(results, symmetry)
+    baseline = _pca_nmf(plt, results, figures["pca_nmf"], log)
+    if baseline is None:
+        del figures["pca_nmf"]
+    summary = _summary(results, symmetry, baseline)
     (out / "summary.txt").write_text(summary)
     log(summary.rstrip())
     return [*figures.values(), out / "summary.txt"]
@@ -113,7 +117,34 @@ def _manifold(plt, results, path, log, n=8):
     return True
 
 
-def _summary(results, symmetry):
+def _pca_nmf(plt, results, path, log):
+    """The first two PCA and NMF components of the windows the rVAE was trained on (the patch
+    store the results name, if it is unchanged), drawn where those windows were cut; returns the
+    decomposition, or None when it was skipped."""
+    from .decomposition import decompose
+    from .provenance import store_fingerprint
+
+    patches = results.attrs.get("patches")
+    try:
+        if store_fingerprint(patches, "patches") != results.attrs.get("patches_fingerprint"):
+            log(f"PCA/NMF skipped: patch store {patches!r} changed since the results were encoded")
+            return None
+        found = decompose(patches)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log(f"PCA/NMF skipped: {' '.join(str(err).split())[:160]}")
+        return None
+    fig, axes = plt.subplots(2, 2, figsize=(10, 8.5))
+    for row, name in enumerate(("pca", "nmf")):
+        for k, ax in enumerate(axes[row]):
+            drawn = ax.scatter(found["x"], found["y"], c=found[name][:, k], s=4, cmap="viridis")
+            ax.set(title=f"{name.upper()} component {k + 1}", aspect="equal")
+            ax.invert_yaxis()
+            fig.colorbar(drawn, ax=ax)
+    _save(fig, path)
+    return found
+
+
+def _summary(results, symmetry, baseline=None):
     lines = [f"results: {results.attrs.get('mode')} mode, {results['recon_error'].size} positions, "
              f"{results.sizes['latent']} latents"]
     if "angle" in results:
@@ -121,6 +152,10 @@ def _summary(results, symmetry):
                      f"{results.rvae.circular_std():.2f} deg (modulo {360 / symmetry:g} deg), mean posterior std "
                      f"{np.degrees(np.nanmean(results['angle_std'].values)):.2f} deg")
     lines.append(f"reconstruction error (normalised MSE): mean {float(results['recon_error'].mean()):.4g}")
+    if baseline is not None:
+        explained = ", ".join(f"{v:.1%}" for v in baseline["explained"])
+        lines.append(f"PCA of the {len(baseline['pca'])} training windows: the first components explain {explained} "
+                     f"of the variance (pca_nmf.png: PCA and NMF maps; no angle)")
     lines.append(f"checkpoint: {results.attrs.get('checkpoint')}  git {results.attrs.get('git_commit', '')[:10]}")
     return "\n".join(lines) + "\n"
 

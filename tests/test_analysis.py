@@ -166,3 +166,11 @@ def test_the_worked_example_runs(demo_dir):
     for true, found in rows:
         assert abs((float(found) - float(true) + 30) % 60 - 30) < 4, done.stdout
     assert (demo_dir / "rvae-demo" / "analysis.png").is_file() and (demo_dir / "rvae-demo" / "results.hspy").is_file()
+
+
+def test_the_demos_report_has_pca_and_nmf_beside_the_rvae(demo_dir):
+    report = demo_dir / "rvae-demo" / "report"
+    assert (report / "pca_nmf.png").stat().st_size > 10_000 and (report / "rotation_map.png").is_file()
+    summary = (report / "summary.txt").read_text()
+    assert re.search(r"PCA of the \d+ training windows: the first components explain \d", summary), summary
+    assert "circular mean" in summary
