@@ -105,6 +105,19 @@ class RVAEAccessor:
         shifted = xr.apply_ufunc(wrap, self._angle() - offset, kwargs={"symmetry": self.symmetry}, dask="allowed")
         return self._ds.assign(angle=shifted.assign_attrs(self._angle().attrs))
 
+    def against_reference(self):
+        """The rVAE's angle minus the classical reference's (``reference_angle``, the local-FFT
+        orientation) in degrees, circular modulo the lattice's period, after one global offset:
+        near 0 where the two agree."""
+        if "reference_angle" not in self._ds:
+            raise ValueError("these results have no classical reference (the patch store found no lattice)")
+        n = int(self._ds["reference_angle"].attrs.get("symmetry", self.symmetry))
+        difference = n * (self._angle() - self._ds["reference_angle"])
+        offset = np.angle(np.nanmean(np.exp(1j * difference.values)))
+        wrapped = xr.apply_ufunc(lambda d: np.degrees(np.angle(np.exp(1j * (d - offset))) / n), difference,
+                                 dask="allowed")
+        return wrapped.assign_attrs(units="degree", long_name="rVAE angle - classical reference angle (offset removed)")
+
     def domains(self, n, iterations=50):
         """Orientation domains: ``n`` clusters of the angle on its circle (k-means on
         ``(cos n angle, sin n angle)``, started from evenly spaced angles); labels 0..n-1 ordered by

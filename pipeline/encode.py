@@ -34,6 +34,7 @@ from models import load_checkpoint
 from . import provenance
 from .distributed import ClusterEnvironment, make_strategy
 from .cube_regions import RegionReader
+from .lattice import orientation
 from .patches import check_cube, positions_to_encode, region_bounds
 from .preemption import Preempted, PreemptionFlag
 from .results import EncodePlan, blocks_done, create_progress, mark_done, results_template, write_block
@@ -98,6 +99,9 @@ class EncodeJob:
                              f"({trained_on}) than patch store {str(patches_path)!r} makes them ({spec}); "
                              f"train on this patch store")
         positions = positions_to_encode(patch_store)
+        # the classical reference map, computed from the same windows (where the lattice is known)
+        self.lattice = ((attrs["lattice_spacing"], attrs["lattice_symmetry"])
+                        if "lattice_spacing" in attrs and attrs["lattice_symmetry"] > 1 else None)
         align = None
         if isinstance(positions, ScanGrid):  # positions per cube chunk, along rows and columns
             align = tuple(max(1, chunks[0] // step) for chunks, step in
@@ -121,15 +125,21 @@ class EncodeJob:
         return _open_or_create(self, overwrite, reuse)
 
     def cut(self, b):
-        """Block ``b``'s samples and its region in the results."""
+        """Block ``b``'s samples, its region in the results, and its classical reference
+        ``(angle, confidence)`` (None where the lattice is unknown)."""
         positions, region = self.plan.block(b)
         with reading(self.cube_path):
-            return cut_block(self.spec, self.reader, positions), region
+            samples = cut_block(self.spec, self.reader, positions)
+        reference = None
+        if self.lattice is not None:
+            spacing, symmetry = self.lattice
+            reference = orientation(samples.sum(axis=1), spacing, symmetry, spectrum=self.spec.transform == "logfft")
+        return samples, region, reference
 
-    def write(self, group, region, posterior, b):
+    def write(self, group, region, posterior, b, reference=None):
         """One block's results into its region, then its entry of ``progress/block_done``."""
         with writing(self.out_path):
-            write_block(group, self.plan, self.model, region, *posterior, self.symmetry)
+            write_block(group, self.plan, self.model, region, *posterior, self.symmetry, reference)
             mark_done(group, b)
 
     def finish(self, group, world_size):
@@ -212,13 +222,13 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
                         behind.result()
                     raise Preempted(f"stopped by {preemption.received} after {count - 1} of this rank's "
                                     f"{len(mine)} blocks; run the same command again to finish")
-                samples, region = ahead.result()
+                samples, region, reference = ahead.result()
                 ahead = reader.submit(job.cut, mine[count]) if count < len(mine) else None
                 posterior = encode_samples(job.model, samples, batch_size, device, precision)
                 if behind is not None:
                     behind.result()
                     written(count - 1)
-                behind = writer.submit(job.write, group, region, posterior, b)
+                behind = writer.submit(job.write, group, region, posterior, b, reference)
             if behind is not None:
                 behind.result()
                 written(len(mine))
@@ -271,8 +281,9 @@ def _encode_block_task(b, job, batch_size):
     """A Dask task: encode block ``b`` of ``job`` and write it (one thread of torch per task:
     the worker runs tasks side by side)."""
     torch.set_num_threads(1)
-    samples, region = job.cut(b)
-    job.write(zarr.open_group(str(job.out_path), mode="r+"), region, encode_samples(job.model, samples, batch_size), b)
+    samples, region, reference = job.cut(b)
+    job.write(zarr.open_group(str(job.out_path), mode="r+"), region, encode_samples(job.model, samples, batch_size), b,
+              reference)
     return b
 
 
@@ -315,7 +326,8 @@ def _open_or_create(job, overwrite, reuse):
     # The template is written beside the output and renamed into place: a store at ``out`` is
     # always a whole template (or more), whenever the process is killed.
     with staged_output(out, overwrite=True, locked=True) as staging:
-        template = results_template(job.plan, job.cube, job.model, job.symmetry, job.attrs)
+        template = results_template(job.plan, job.cube, job.model, job.symmetry, job.attrs,
+                                    reference_symmetry=job.lattice[1] if job.lattice else None)
         template.to_zarr(staging, compute=False, zarr_format=3)
         group = zarr.open_group(str(staging), mode="r+")
         create_progress(group, job.plan.n_blocks)

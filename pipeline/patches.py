@@ -217,6 +217,7 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
     def physical(dim, px):
         return px.map_blocks(to_physical, cube[dim].values, dtype=float)
 
+    lattice = {} if mode == "frames" else lattice_attrs(cube)
     if isinstance(positions, ScanGrid):
         encoded, layout = {}, positions.to_attrs()
     else:
@@ -233,7 +234,21 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
                 "x": ("sample", physical("x", centres[:, 1]), dict(cube["x"].attrs))},
         attrs={"mode": mode, "stride": int(stride or window), **layout,
                "image_shape": list(cube.shape[:2]), "normalisation": "normalised = (value - offset) / scale",
-               **spec.to_attrs()})
+               **lattice, **spec.to_attrs()})
+
+
+def lattice_attrs(cube):
+    """The lattice's spacing and symmetry estimated from the image (:mod:`pipeline.lattice`), as
+    patch store attrs; none where the image shows no lattice."""
+    from .lattice import estimate_lattice
+
+    image = cube.data if cube.ndim == 2 else cube.data.sum(axis=-1)
+    try:
+        found = estimate_lattice(image)
+    except ValueError:
+        return {}
+    return {"lattice_spacing": round(found["spacing"], 3), "lattice_symmetry": found["symmetry"],
+            "lattice_symmetry_scores": {str(n): v for n, v in found["scores"].items()}}
 
 
 def store_block(samples, target, block_info=None):

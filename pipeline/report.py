@@ -22,8 +22,8 @@ def write_report(results_path, out_dir, *, overwrite=False, log=print):
     if not results.attrs.get("complete"):
         raise ValueError(f"{str(results_path)!r} is unfinished (no complete=true); run rvae encode to the end first")
     out = Path(out_dir)
-    figures = {name: out / f"{name}.png" for name in ("rotation_map", "latent_maps", "latent_scatter", "manifold",
-                                                      "pca_nmf")}
+    figures = {name: out / f"{name}.png" for name in ("rotation_map", "reference_map", "latent_maps",
+                                                      "latent_scatter", "manifold", "pca_nmf")}
     if not overwrite and any(p.exists() for p in [*figures.values(), out / "summary.txt"]):
         raise FileExistsError(f"{str(out)!r} already holds a report; choose another directory or pass --overwrite")
     with output_lock(out), writing(out):
@@ -61,6 +61,10 @@ def _draw(plt, results, out, figures, log):
 
     if not _manifold(plt, results, figures["manifold"], log):
         del figures["manifold"]
+    if "reference_angle" in results and "angle" in results:
+        _reference(plt, results, background, figures["reference_map"])
+    else:
+        del figures["reference_map"]
     baseline = _pca_nmf(plt, results, figures["pca_nmf"], log)
     if baseline is None:
         del figures["pca_nmf"]
@@ -117,6 +121,25 @@ def _manifold(plt, results, path, log, n=8):
     return True
 
 
+def _reference(plt, results, background, path):
+    """The rVAE's rotation map, the classical local-FFT map beside it, and their circular difference."""
+    n = int(results["reference_angle"].attrs.get("symmetry", 1))
+    half = 180 / n
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = [(results.rvae.remove_offset(angle=0)["angle"], "rVAE rotation"),
+              (results["reference_angle"], "classical: local-FFT orientation"),
+              (None, "rVAE - classical (one offset removed)")]
+    for ax, (angle, title) in zip(axes, panels):
+        if angle is None:
+            _map(ax, results, results.rvae.against_reference().values, background, cmap="RdBu_r", vmin=-half / 3,
+                 vmax=half / 3, label="difference (deg)")
+        else:
+            _map(ax, results, np.degrees(angle.values), background, cmap="twilight", vmin=-half, vmax=half,
+                 label="deg")
+        ax.set_title(title)
+    _save(fig, path)
+
+
 def _pca_nmf(plt, results, path, log):
     """The first two PCA and NMF components of the windows the rVAE was trained on (the patch
     store the results name, if it is unchanged), drawn where those windows were cut; returns the
@@ -152,6 +175,11 @@ def _summary(results, symmetry, baseline=None):
                      f"{results.rvae.circular_std():.2f} deg (modulo {360 / symmetry:g} deg), mean posterior std "
                      f"{np.degrees(np.nanmean(results['angle_std'].values)):.2f} deg")
     lines.append(f"reconstruction error (normalised MSE): mean {float(results['recon_error'].mean()):.4g}")
+    if "reference_angle" in results and "angle" in results:
+        difference = np.abs(results.rvae.against_reference().values)
+        lines.append(f"classical reference (local FFT, {results['reference_angle'].attrs.get('symmetry')}-fold): the "
+                     f"rVAE's angle differs by {np.nanmean(difference):.2f} deg on average, median "
+                     f"{np.nanmedian(difference):.2f} deg, after one global offset (reference_map.png)")
     if baseline is not None:
         explained = ", ".join(f"{v:.1%}" for v in baseline["explained"])
         lines.append(f"PCA of the {len(baseline['pca'])} training windows: the first components explain {explained} "

@@ -54,8 +54,9 @@ class EncodePlan:
         return ScanGrid(self.positions.rows[region[0]], self.positions.cols[region[1]]), region
 
 
-def results_template(plan, cube, model, symmetry, attrs):
-    """The results Dataset, lazily zero-filled, with coordinates and units."""
+def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None):
+    """The results Dataset, lazily zero-filled, with coordinates and units; with the classical
+    reference map's variables where ``reference_symmetry`` (the lattice's n) is known."""
     latent = model.latent_dim
     space = plan.shape
 
@@ -85,6 +86,14 @@ def results_template(plan, cube, model, symmetry, attrs):
         data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, wrapped to (-pi/{symmetry}, pi/{symmetry}]",
                                                "valid_range": [-half, half]})
         data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
+    if reference_symmetry:
+        n = reference_symmetry
+        data["reference_angle"] = (plan.dims, empty(), {
+            "units": "rad", "long_name": f"classical reference: local-FFT orientation of the first Bragg ring, "
+                                        f"wrapped to (-pi/{n}, pi/{n}]", "valid_range": [-np.pi / n, np.pi / n],
+            "symmetry": n})
+        data["reference_confidence"] = (plan.dims, empty(), {
+            "units": "1", "long_name": "classical reference: strength of the ring's n-fold harmonic (0 none, 1 perfect)"})
     if model.translation:
         for axis in ("y", "x"):
             data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})
@@ -107,8 +116,9 @@ def mark_done(group, b):
     group["progress/block_done"][b] = 1
 
 
-def write_block(group, plan, model, region, mean, std, error, symmetry):
-    """Write one block's posterior (columns ``[angle?, shift?, z...]``) into its region."""
+def write_block(group, plan, model, region, mean, std, error, symmetry, reference=None):
+    """Write one block's posterior (columns ``[angle?, shift?, z...]``), and its classical
+    ``reference`` ``(angle, confidence)`` if any, into its region."""
     shape = tuple(len(range(*r.indices(n))) for r, n in zip(region, plan.shape))
 
     def put(name, values):  # values (n,) or (latent, n) in flat position order
@@ -128,3 +138,6 @@ def write_block(group, plan, model, region, mean, std, error, symmetry):
     put("z", mean[:, i:].T)
     put("z_std", std[:, i:].T)
     put("recon_error", error)
+    if reference is not None:
+        put("reference_angle", reference[0])
+        put("reference_confidence", reference[1])

@@ -19,17 +19,21 @@ def cut_windows(region, centres, window):
     return views[start[:, 0], start[:, 1]]
 
 
+def fft_magnitude(windows):
+    """``|FFT|`` of each Hann-windowed, mean-subtracted window, zero frequency centred."""
+    n = windows.shape[-1]
+    hann = np.outer(np.hanning(n), np.hanning(n)).astype(windows.dtype if windows.dtype.kind == "f" else float)
+    centred = windows - windows.mean(axis=(-2, -1), keepdims=True)
+    return np.fft.fftshift(np.abs(np.fft.fft2(centred * hann)), axes=(-2, -1))
+
+
 def log_fft_magnitude(windows):
     """``log(1 + |FFT|)`` of each Hann-windowed, mean-subtracted window, zero frequency centred.
 
     Periodic content then no longer depends on the lattice phase (translation), yet the pattern
     of Bragg peaks still rotates with the lattice.
     """
-    n = windows.shape[-1]
-    hann = np.outer(np.hanning(n), np.hanning(n))
-    centred = windows - windows.mean(axis=(-2, -1), keepdims=True)
-    spectrum = np.fft.fftshift(np.abs(np.fft.fft2(centred * hann)), axes=(-2, -1))
-    return np.log1p(spectrum)
+    return np.log1p(fft_magnitude(windows))
 
 
 def bin_frames(frames, factor):

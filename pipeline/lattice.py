@@ -1,0 +1,88 @@
+"""The lattice seen in the data: its spacing and symmetry from power spectra, and a classical
+orientation map (the local-FFT reference) to set beside the rVAE's.
+
+Spacing and symmetry come from sampled tiles of the image: the first Bragg ring is the strongest
+peak of the tiles' mean radial power spectrum (a smooth background removed), and the symmetry
+the n in (6, 4, 2) whose angular harmonic dominates the power on that ring, tile by tile (so
+grains of different orientations do not blur it). The orientation of one window is the phase of
+that harmonic on the ring: ``arg(sum P(k) exp(i n phi_k)) / n``, with its confidence
+``|sum P exp(i n phi)| / sum P`` (1 for perfect n-fold spots, 0 for none).
+"""
+import numpy as np
+from scipy import ndimage
+
+from .windows import fft_magnitude
+
+SYMMETRIES = (6, 4, 2)
+
+
+def polar(size):
+    """Radius and displayed angle (counter-clockwise, row 0 at the top) of each FFT pixel of a
+    ``size`` x ``size`` window, DC at the centre."""
+    k = np.arange(size) - size // 2
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    return np.hypot(ky, kx), np.arctan2(-ky, kx)
+
+
+def power_spectra(windows):
+    """Centred power spectra of Hann-windowed, mean-subtracted ``(N, h, w)`` windows."""
+    return fft_magnitude(np.asarray(windows, dtype=np.float32)) ** 2
+
+
+def harmonics(spectra, ring, orders, width=0.25):
+    """``sum P exp(i n phi)`` over the annulus ``ring * (1 +- width)`` for each order n, and
+    ``sum P`` there: ``(N, len(orders))`` complex, ``(N,)``."""
+    radius, angle = polar(spectra.shape[-1])
+    mask = (radius >= ring * (1 - width)) & (radius <= ring * (1 + width))
+    power = spectra[:, mask]
+    phases = np.exp(1j * np.outer(orders, angle[mask]))  # (orders, pixels)
+    return power @ phases.T, power.sum(axis=1)
+
+
+def sample_tiles(image, tile, count, seed=0):
+    """``count`` tiles of ``image`` (2D, NumPy or Dask) at seeded random places."""
+    rng = np.random.default_rng(seed)
+    ny, nx = image.shape
+    tile = min(tile, ny, nx)
+    corners = zip(rng.integers(0, ny - tile + 1, count), rng.integers(0, nx - tile + 1, count))
+    return np.stack([np.asarray(image[r:r + tile, c:c + tile], dtype=np.float32) for r, c in corners])
+
+
+def estimate_lattice(image, tile=128, count=16, seed=0):
+    """``{"spacing": px, "ring": FFT px in a tile, "tile": px, "symmetry": n, "scores": {n: s}}``
+    of a 2D image (channels already summed)."""
+    tiles = sample_tiles(image, tile, count, seed)
+    size = tiles.shape[-1]
+    spectra = power_spectra(tiles)
+    radius, _ = polar(size)
+    bins = np.minimum(radius.round().astype(int), size // 2)
+    profile = ndimage.mean(spectra.mean(axis=0), bins, index=np.arange(size // 2 + 1))
+    # the ring stands out of a smooth background (the columns' own shape, slow intensity drifts)
+    background = ndimage.minimum_filter1d(ndimage.uniform_filter1d(profile, 5), 9)
+    excess = profile - background
+    excess[:3] = 0  # DC and the slowest drifts
+    peak = int(np.argmax(excess))
+    if 0 < peak < len(excess) - 1:  # sub-bin refinement (parabola through the neighbours)
+        a, b, c = excess[peak - 1:peak + 2]
+        peak = peak + (0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c < 0 else 0.0)
+    ring = float(peak)
+    if ring < 3:
+        raise ValueError("found no lattice in the image (no Bragg ring in its power spectrum); give --window")
+    sums, total = harmonics(spectra, ring, SYMMETRIES)
+    scores = dict(zip(SYMMETRIES, (np.abs(sums) / total[:, None]).mean(axis=0).round(3).tolist()))
+    symmetry = next((n for n in SYMMETRIES if scores[n] >= 0.35 and scores[n] >= max(scores.values()) * 0.8), 1)
+    return {"spacing": size / ring, "ring": ring, "tile": size, "symmetry": symmetry, "scores": scores}
+
+
+def window_for(spacing, cells=4, lo=16, hi=128):
+    """A window of about ``cells`` lattice spacings, a multiple of 4 px within ``[lo, hi]``."""
+    return int(np.clip(4 * round(cells * spacing / 4), lo, hi))
+
+
+def orientation(windows, spacing, symmetry, spectrum=False):
+    """The local-FFT orientation (radians, counter-clockwise, in (-pi/n, pi/n]) and its confidence
+    for ``(N, h, w)`` windows; ``spectrum``: they are already power (or log-power) spectra."""
+    spectra = np.asarray(windows, dtype=np.float32) if spectrum else power_spectra(windows)
+    ring = spectra.shape[-1] / spacing
+    sums, total = harmonics(spectra, ring, (symmetry,))
+    return np.angle(sums[:, 0]) / symmetry, np.abs(sums[:, 0]) / np.maximum(total, 1e-30)

@@ -1,0 +1,40 @@
+"""The lattice read from the data (spacing, symmetry) and the classical local-FFT orientation."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.lattice import estimate_lattice, orientation, window_for
+from pipeline.synthetic import lattice_grains
+
+TESTDATA = Path.home() / ".cache" / "rvae-hpc" / "testdata"
+
+
+def test_spacing_and_symmetry_of_the_synthetic_lattice():
+    found = estimate_lattice(lattice_grains(size=384, spacing=10.0, seed=0)["data"].values)
+    assert found["spacing"] == pytest.approx(10 * np.sqrt(3) / 2, rel=0.02)  # the hexagonal planes' spacing
+    assert found["symmetry"] == 6
+    assert window_for(found["spacing"]) == 36
+
+
+@pytest.mark.parametrize("degrees", [-20.0, 3.0, 17.5])
+def test_local_fft_orientation_reads_a_known_rotation_counter_clockwise(degrees):
+    from scipy import ndimage
+
+    image = lattice_grains(size=192, grains=1, seed=3)["data"].values
+    rotated = ndimage.rotate(image, degrees, reshape=False, order=3)  # counter-clockwise as displayed
+    windows = np.stack([image[64:128, 64:128], rotated[64:128, 64:128]])
+    angle, confidence = orientation(windows, 10 * np.sqrt(3) / 2, 6)
+    step = np.degrees(np.angle(np.exp(1j * 6 * (angle[1] - angle[0]))) / 6)
+    assert step == pytest.approx(degrees, abs=0.5) and confidence.min() > 0.3
+
+
+def test_the_real_adf_image_shows_its_lattice():
+    from rsciio.hspy import file_reader
+
+    path = TESTDATA / "test_ADF_cropped.hdf5"
+    assert path.exists(), "real test data missing: run scripts/fetch-test-data.sh (make test does)"
+    image = file_reader(str(path))[0]["data"].astype(np.float32)
+    found = estimate_lattice(image)
+    # columns about 30 px apart (by eye: rows ~33 px, bright columns ~40 px apart along a row)
+    assert 25 < found["spacing"] < 36 and found["symmetry"] in (2, 4), found
