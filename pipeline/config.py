@@ -5,7 +5,7 @@ one-line message naming the key (:func:`load_config`). The stage functions take 
 as explicit keyword arguments; they never see this module's classes.
 """
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,7 +41,7 @@ class IngestConfig(Section):
 class PatchesConfig(Section):
     """Cube to training patch stack (``rvae patches``)."""
     mode: Literal["points", "grid", "frames"] = Field("points", description="atom-centred windows, a grid of windows, or whole frames")
-    window: int = Field(32, ge=4, description="window side in pixels (points, grid)")
+    window: Union[Annotated[int, Field(ge=4)], Literal["auto"]] = Field("auto", description="window side in pixels (points, grid); auto: about 3.7 lattice spacings, the spacing read from the image's power spectrum")
     stride: Optional[int] = Field(None, ge=1, description="grid step in pixels (default: the window)")
     transform: Literal["none", "logfft"] = Field("none", description="per-window transform: logfft = log |FFT| of the Hann-windowed window")
     binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
@@ -87,7 +87,7 @@ class EncodeConfig(Section):
     """Stream the cube through the encoder (``rvae encode``)."""
     batch_size: int = Field(1024, ge=1)
     block: int = Field(4096, ge=1, description="samples per streamed block (a results chunk)")
-    symmetry: int = Field(1, ge=1, description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]")
+    symmetry: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]; auto: the lattice's, as the patch stage read it from the image (else 1)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the model (GPU)")
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
     timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")

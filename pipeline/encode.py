@@ -108,7 +108,9 @@ class EncodeJob:
                           zip(self.cube.data.chunks[:2], (positions.rows.step, positions.cols.step)))
         self.plan = EncodePlan(attrs["mode"], positions, block, align)
         self.reader = RegionReader(self.cube.data)
-        self.cube_path, self.out_path, self.symmetry = cube_path, out_path, symmetry
+        if symmetry == "auto":  # the lattice's, as the patch stage read it from the image
+            symmetry = int(attrs.get("lattice_symmetry", 1))
+        self.cube_path, self.out_path, self.symmetry = cube_path, out_path, int(symmetry)
         self.run_record = {  # what makes two encodes the same run: checked before resuming or reusing
             "source_fingerprint": source_fingerprint, "variable": variable,
             "patches_fingerprint": provenance.store_fingerprint(patches_path, "patches"),
@@ -151,7 +153,7 @@ class EncodeJob:
             zarr.consolidate_metadata(str(self.out_path))
 
 
-def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096, symmetry=1,
+def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096, symmetry="auto",
            precision="fp32", threads=None, timeout=300, overwrite=False, reuse=False, config_text=None,
            variable=None, environment=None, log=print):
     """``rvae encode``: write ``results.zarr``; resumes an unfinished run of the same inputs.
@@ -239,7 +241,7 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
 
 
 def encode_with_dask(client, cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096,
-                     symmetry=1, overwrite=False, reuse=False, config_text=None, variable=None, log=print):
+                     symmetry="auto", overwrite=False, reuse=False, config_text=None, variable=None, log=print):
     """``rvae encode --dask mpi|slurm``: every block still to do is a task on the cluster's workers, which
     read their block's region and write its results themselves; the job (model included) is
     sent to each worker once. Writes the same store as :func:`encode`."""

@@ -48,10 +48,16 @@ def sample_tiles(image, tile, count, seed=0):
     return np.stack([np.asarray(image[r:r + tile, c:c + tile], dtype=np.float32) for r, c in corners])
 
 
+class NoLattice(ValueError):
+    """The image shows no lattice (no Bragg ring in its power spectrum)."""
+
+
 def estimate_lattice(image, tile=128, count=16, seed=0):
     """``{"spacing": px, "ring": FFT px in a tile, "tile": px, "symmetry": n, "scores": {n: s}}``
     of a 2D image (channels already summed)."""
     tiles = sample_tiles(image, tile, count, seed)
+    if not np.isfinite(tiles).all():
+        raise ValueError("the image contains NaN or Inf values; clean or mask them before extracting patches")
     size = tiles.shape[-1]
     spectra = power_spectra(tiles)
     radius, _ = polar(size)
@@ -67,14 +73,17 @@ def estimate_lattice(image, tile=128, count=16, seed=0):
         peak = peak + (0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c < 0 else 0.0)
     ring = float(peak)
     if ring < 3:
-        raise ValueError("found no lattice in the image (no Bragg ring in its power spectrum); give --window")
+        raise NoLattice("found no lattice in the image (no Bragg ring in its power spectrum); give --window")
     sums, total = harmonics(spectra, ring, SYMMETRIES)
     scores = dict(zip(SYMMETRIES, (np.abs(sums) / total[:, None]).mean(axis=0).round(3).tolist()))
     symmetry = next((n for n in SYMMETRIES if scores[n] >= 0.35 and scores[n] >= max(scores.values()) * 0.8), 1)
     return {"spacing": size / ring, "ring": ring, "tile": size, "symmetry": symmetry, "scores": scores}
 
 
-def window_for(spacing, cells=4, lo=16, hi=128):
+CELLS = 3.7  # window / spacing: 32 px on the demo's lattice; see docs/bench_accuracy.md
+
+
+def window_for(spacing, cells=CELLS, lo=16, hi=128):
     """A window of about ``cells`` lattice spacings, a multiple of 4 px within ``[lo, hi]``."""
     return int(np.clip(4 * round(cells * spacing / 4), lo, hi))
 

@@ -191,11 +191,17 @@ def sample_centres(blocks):
                            for block in blocks])
 
 
-def extract_patches(cube, *, mode="points", window=32, stride=None, transform="none", binning=1, channels="",
+def extract_patches(cube, *, mode="points", window="auto", stride=None, transform="none", binning=1, channels="",
                     min_distance=3, threshold=0.3, points=None, max_samples=20000, selection="random", seed=0):
     """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
-    normalisation is left for :func:`write_patches`, which measures it while it writes."""
+    normalisation is left for :func:`write_patches`, which measures it while it writes.
+
+    ``window="auto"`` (points, grid): about 3.7 lattice spacings (:func:`pipeline.lattice.window_for`),
+    the spacing read from the image; the choice and its reason go into ``attrs["window_choice"]``.
+    """
     cube = check_cube(cube, mode, channels)
+    lattice = {} if mode == "frames" else lattice_attrs(cube)
+    window, choice = choose_window(window, mode, lattice, cube.shape[:2])
     positions = plan_positions(cube, mode=mode, window=window, stride=stride,
                                min_distance=min_distance, threshold=threshold, points=points)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
@@ -217,7 +223,6 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
     def physical(dim, px):
         return px.map_blocks(to_physical, cube[dim].values, dtype=float)
 
-    lattice = {} if mode == "frames" else lattice_attrs(cube)
     if isinstance(positions, ScanGrid):
         encoded, layout = {}, positions.to_attrs()
     else:
@@ -234,18 +239,35 @@ def extract_patches(cube, *, mode="points", window=32, stride=None, transform="n
                 "x": ("sample", physical("x", centres[:, 1]), dict(cube["x"].attrs))},
         attrs={"mode": mode, "stride": int(stride or window), **layout,
                "image_shape": list(cube.shape[:2]), "normalisation": "normalised = (value - offset) / scale",
-               **lattice, **spec.to_attrs()})
+               **lattice, **choice, **spec.to_attrs()})
+
+
+def choose_window(window, mode, lattice, shape):
+    """``(window in px, attrs recording why)`` for the ``window`` option (a size, or "auto") on an
+    image of ``shape``; an automatic window is at most half the image."""
+    if window != "auto":
+        return int(window), {}
+    if mode == "frames":
+        return 0, {}
+    if not lattice:
+        raise ValueError("--window auto found no lattice in the image (no Bragg ring in its power spectrum); "
+                         "give the window in pixels, e.g. --window 32")
+    from .lattice import CELLS, window_for
+
+    chosen = window_for(lattice["lattice_spacing"], hi=max(4, min(128, min(shape) // 8 * 4)))
+    return chosen, {"window_choice": f"auto: {chosen} px, about {CELLS} x the lattice spacing "
+                                     f"{lattice['lattice_spacing']:.1f} px ({lattice['lattice_symmetry']}-fold)"}
 
 
 def lattice_attrs(cube):
     """The lattice's spacing and symmetry estimated from the image (:mod:`pipeline.lattice`), as
     patch store attrs; none where the image shows no lattice."""
-    from .lattice import estimate_lattice
+    from .lattice import NoLattice, estimate_lattice
 
     image = cube.data if cube.ndim == 2 else cube.data.sum(axis=-1)
     try:
         found = estimate_lattice(image)
-    except ValueError:
+    except NoLattice:
         return {}
     return {"lattice_spacing": round(found["spacing"], 3), "lattice_symmetry": found["symmetry"],
             "lattice_symmetry_scores": {str(n): v for n, v in found["scores"].items()}}
@@ -278,6 +300,8 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, reus
     check_writable(out_path, overwrite)
     with reading(cube_path):
         ds = extract_patches(cube, **options)
+    if "window_choice" in ds.attrs:
+        log(f"window {ds.attrs['window_choice']}")
     ds.attrs.update(source=str(Path(cube_path).resolve()), source_shape=list(cube.shape), **record)
     coords = [name for name, v in ds.coords.items() if v.chunks]  # each sample's centre, lazily
     with staged_output(out_path, overwrite) as staging:

@@ -149,6 +149,7 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=p
     """
     import json
 
+    from .scheduler import compute
     from .stores import open_store, record_chunks, records_match, staged_output
 
     make = {"lattice": lattice_grains, "4dstem": rotating_diffraction}[kind]
@@ -163,6 +164,8 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=p
     ds.attrs.update(record)
     chunks = {"y": 256, "x": 256} if kind == "lattice" else {"y": 16, "x": 16}
     with staged_output(path, overwrite) as staging:
-        ds.chunk(chunks).to_zarr(staging, zarr_format=3)
+        # through scheduler.compute: after a failed write (a full disk) it returns only once no
+        # other chunk write is still running, so none recreates the partial output once removed
+        compute(ds.chunk(chunks).to_zarr(staging, zarr_format=3, compute=False), progress=False)
         record_chunks(staging)
     return ds

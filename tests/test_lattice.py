@@ -14,7 +14,7 @@ def test_spacing_and_symmetry_of_the_synthetic_lattice():
     found = estimate_lattice(lattice_grains(size=384, spacing=10.0, seed=0)["data"].values)
     assert found["spacing"] == pytest.approx(10 * np.sqrt(3) / 2, rel=0.02)  # the hexagonal planes' spacing
     assert found["symmetry"] == 6
-    assert window_for(found["spacing"]) == 36
+    assert window_for(found["spacing"]) == 32  # the window the demo was tuned with
 
 
 @pytest.mark.parametrize("degrees", [-20.0, 3.0, 17.5])
