@@ -17,6 +17,7 @@ from .run import STAGES as RUN_STAGES
 from .scheduler import SCHEDULERS
 
 DASK_STAGES = ("ingest", "patches", "encode")
+SITE_OVERRIDES = ("account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend")
 
 STAGES = {
     "synth": ("write the embedded synthetic dataset (with ground truth) as a Zarr cube",
@@ -57,7 +58,7 @@ def build_parser():
     p.add_argument("--site", default="generic",
                    help="a shipped site profile (generic, perlmutter, frontier) or the path of your own YAML "
                         "(default: generic)")
-    for field in ("account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend"):
+    for field in SITE_OVERRIDES:
         p.add_argument(f"--{field.replace('_', '-')}", dest=field, help=f"override the profile's {field}")
     p.add_argument("--inputs", nargs="+", metavar="FILE",
                    help="a campaign: one run per file (in WORKDIR/<file stem>), each stage one job array")
@@ -215,8 +216,7 @@ def _run_command(args):
     elif command == "submit":
         from .submit import submit
 
-        overrides = {name: getattr(args, name) for name in ("account", "partition", "qos", "nodes", "tasks_per_node",
-                                                            "gpus_per_node", "backend")}
+        overrides = {name: getattr(args, name) for name in SITE_OVERRIDES}
         submit(cfg.load_config(args.config), args.site, inputs=args.inputs, dry_run=args.dry_run, **overrides)
     elif command == "export":
         from .export import export_hspy
