@@ -18,6 +18,7 @@ import xarray as xr  # noqa: E402
 
 import pipeline.analysis  # noqa: E402  (registers ds.rvae)
 from pipeline.export import export_hspy  # noqa: E402
+from pipeline.results import wrap_angle  # noqa: E402
 
 work = Path(sys.argv[1] if len(sys.argv) > 1 else "rvae-demo")
 res = xr.open_zarr(work / "results.zarr").load()
@@ -46,7 +47,7 @@ if cube.exists() and "grain" in xr.open_zarr(cube):
           "x": xr.DataArray(res["x"].broadcast_like(res["recon_error"]).values.ravel())}
     grain = truth["grain"].sel(**at, method="nearest").values
     true = truth["true_angle"].sel(**at, method="nearest").values
-    true = np.degrees(pipeline.analysis.wrap(true - true[0], n))  # the same reference: the top-left position
+    true = np.degrees(wrap_angle(true - true[0], n))  # the same reference: the top-left position
     shape = res["recon_error"].shape
     for g in np.unique(grain):
         found = aligned.rvae.circular_mean(where=xr.DataArray((grain == g).reshape(shape), dims=res["recon_error"].dims))

@@ -18,6 +18,9 @@ grid, so not indexable by ``.sel(x=...)``): :meth:`RVAEAccessor.region` selects 
 import numpy as np
 import xarray as xr
 
+from .evaluate import circular_error
+from .results import wrap_angle
+
 
 def circular_mean(angle, symmetry=1, axis=None):
     """Mean direction of angles (radians) modulo ``2 pi / symmetry``, NaN ignored."""
@@ -29,12 +32,6 @@ def circular_std(angle, symmetry=1, axis=None):
     """Circular standard deviation (radians) modulo ``2 pi / symmetry``: sqrt(-2 ln R) / n."""
     r = np.abs(np.nanmean(np.exp(1j * symmetry * np.asarray(angle, dtype=float)), axis=axis))
     return np.sqrt(-2 * np.log(np.clip(r, 1e-12, 1))) / symmetry
-
-
-def wrap(angle, symmetry=1):
-    """Angles (radians) wrapped into ``(-pi/n, pi/n]``."""
-    half = np.pi / symmetry
-    return half - np.mod(half - angle, 2 * half)
 
 
 @xr.register_dataset_accessor("rvae")
@@ -102,7 +99,7 @@ class RVAEAccessor:
         if (region is None) == (angle is None):
             raise ValueError("give either a reference region or a reference angle (degrees)")
         offset = np.radians(angle) if angle is not None else np.radians(self.circular_mean(region=region))
-        shifted = xr.apply_ufunc(wrap, self._angle() - offset, kwargs={"symmetry": self.symmetry}, dask="allowed")
+        shifted = xr.apply_ufunc(wrap_angle, self._angle() - offset, kwargs={"symmetry": self.symmetry}, dask="allowed")
         return self._ds.assign(angle=shifted.assign_attrs(self._angle().attrs))
 
     def against_reference(self):
@@ -112,11 +109,11 @@ class RVAEAccessor:
         if "reference_angle" not in self._ds:
             raise ValueError("these results have no classical reference (the patch store found no lattice)")
         n = int(self._ds["reference_angle"].attrs.get("symmetry", self.symmetry))
-        difference = n * (self._angle() - self._ds["reference_angle"])
-        offset = np.angle(np.nanmean(np.exp(1j * difference.values)))
-        wrapped = xr.apply_ufunc(lambda d: np.degrees(np.angle(np.exp(1j * (d - offset))) / n), difference,
-                                 dask="allowed")
-        return wrapped.assign_attrs(units="degree", long_name="rVAE angle - classical reference angle (offset removed)")
+        angle = self._angle()
+        error, _ = circular_error(angle.values, self._ds["reference_angle"].values, n)
+        return xr.DataArray(np.degrees(error), dims=angle.dims, coords=angle.coords,
+                            attrs={"units": "degree",
+                                   "long_name": "rVAE angle - classical reference angle (offset removed)"})
 
     def domains(self, n, iterations=50):
         """Orientation domains: ``n`` clusters of the angle on its circle (k-means on

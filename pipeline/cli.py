@@ -71,7 +71,7 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     for name, text in (("status", "each stage's job, state, progress and, on failure, its log"),
                        ("cancel", "cancel the jobs of an rvae submit")):
-        p = sub.add_parser(name, help=f"{text}", description=text)
+        p = sub.add_parser(name, help=text, description=text)
         p.add_argument("run_dir", help="the config's workdir")
     p = sub.add_parser("demo", help="synthetic lattice through every stage; prints the rotation-map error")
     p.add_argument("--workdir", default="rvae-demo")

@@ -10,7 +10,7 @@ def circular_error(predicted, true, symmetry=1):
     one global offset (the circular mean of the differences) before measuring.
     """
     d = symmetry * (np.asarray(predicted, float) - np.asarray(true, float))
-    offset = np.angle(np.exp(1j * d).mean())
+    offset = np.angle(np.nanmean(np.exp(1j * d)))  # NaN: a position without a value (a map's gaps)
     return np.angle(np.exp(1j * (d - offset))) / symmetry, offset / symmetry
 
 

@@ -8,10 +8,11 @@ grains of different orientations do not blur it). The orientation of one window 
 that harmonic on the ring: ``arg(sum P(k) exp(i n phi_k)) / n``, with its confidence
 ``|sum P exp(i n phi)| / sum P`` (1 for perfect n-fold spots, 0 for none).
 """
+import dask
 import numpy as np
 from scipy import ndimage
 
-from .windows import fft_magnitude
+from .windows import fft_magnitude, tapered
 
 SYMMETRIES = (6, 4, 2)
 
@@ -44,8 +45,7 @@ def half_power_spectra(windows):
     from scipy import fft
 
     windows = np.asarray(windows, dtype=np.float32)
-    hann = np.outer(np.hanning(windows.shape[-2]), np.hanning(windows.shape[-1])).astype(np.float32)
-    spectra = fft.rfft2((windows - windows.mean(axis=(-2, -1), keepdims=True)) * hann)
+    spectra = fft.rfft2(tapered(windows))
     power = spectra.real ** 2 + spectra.imag ** 2
     power[..., 0] *= 0.5  # the columns that are their own mirror count half: sums are half the full plane's
     if windows.shape[-1] % 2 == 0:
@@ -70,7 +70,9 @@ def sample_tiles(image, tile, count, seed=0):
     ny, nx = image.shape
     tile = min(tile, ny, nx)
     corners = zip(rng.integers(0, ny - tile + 1, count), rng.integers(0, nx - tile + 1, count))
-    return np.stack([np.asarray(image[r:r + tile, c:c + tile], dtype=np.float32) for r, c in corners])
+    # one computation for all tiles: tiles sharing a chunk of a Dask image decode it once
+    tiles = dask.compute(*[image[r:r + tile, c:c + tile] for r, c in corners])
+    return np.stack(tiles).astype(np.float32)
 
 
 class NoLattice(ValueError):

@@ -25,24 +25,31 @@ def on_terminal():
     return sys.stderr.isatty()
 
 
-class ProgressLines(Callback):
-    """A line per 10 % of a local Dask computation's tasks (computations under ``minimum`` s print nothing)."""
+class ProgressLog:
+    """Timestamped progress lines: one per 10 % of the work (and at least every ``every`` s),
+    none before ``minimum`` s have passed."""
 
-    def __init__(self, minimum=2.0, every=60.0, out=None):
-        super().__init__()
-        self.minimum, self.every, self.out = minimum, every, out or sys.stdout
+    def __init__(self, total, minimum=2.0, every=60.0, out=None):
+        self.total, self.minimum, self.every, self.out = max(total, 1), minimum, every, out or sys.stdout
+        self.start = self.last = time.monotonic()
+        self.shown = 0
 
-    def _start_state(self, dsk, state):
-        self.start, self.last, self.shown = time.monotonic(), time.monotonic(), 0
-        self.total = sum(len(state[key]) for key in ("ready", "waiting", "running", "finished"))
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        done, now = len(state["finished"]), time.monotonic()
-        tenth = done * 10 // max(self.total, 1)
+    def update(self, done):
+        now, tenth = time.monotonic(), done * 10 // self.total
         if now - self.start >= self.minimum and (tenth > self.shown or now - self.last >= self.every):
             self.shown, self.last = tenth, now
-            print(f"{time.strftime('%H:%M:%S')} {done}/{self.total} tasks ({done / max(self.total, 1):.0%}) "
+            print(f"{time.strftime('%H:%M:%S')} {done}/{self.total} tasks ({done / self.total:.0%}) "
                   f"in {format_duration(now - self.start)}", file=self.out, flush=True)
+
+
+class ProgressLines(Callback):
+    """:class:`ProgressLog` lines for a computation on Dask's local schedulers."""
+
+    def _start_state(self, dsk, state):
+        self.log = ProgressLog(sum(len(state[key]) for key in ("ready", "waiting", "running", "finished")))
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.log.update(len(state["finished"]))
 
 
 def progress_bar(enabled):
@@ -63,14 +70,10 @@ def follow(futures, every=60.0):
 
     if on_terminal():
         return progress(futures, minimum=2)
-    start = last = time.monotonic()
-    shown, total = 0, max(len(futures), 1)
+    lines = ProgressLog(len(futures), every=every)
     while True:
-        finished, now = sum(f.done() for f in futures), time.monotonic()
-        if now - start >= 2 and (finished * 10 // total > shown or now - last >= every):
-            shown, last = finished * 10 // total, now
-            print(f"{time.strftime('%H:%M:%S')} {finished}/{len(futures)} tasks ({finished / total:.0%}) in "
-                  f"{format_duration(now - start)}", flush=True)
+        finished = sum(f.done() for f in futures)
+        lines.update(finished)
         if finished == len(futures):
             return
         time.sleep(0.5)

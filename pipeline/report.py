@@ -126,7 +126,7 @@ def _reference(plt, results, background, path):
     n = int(results["reference_angle"].attrs.get("symmetry", 1))
     half = 180 / n
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    panels = [(results.rvae.remove_offset(angle=0)["angle"], "rVAE rotation"),
+    panels = [(results["angle"], "rVAE rotation"),
               (results["reference_angle"], "classical: local-FFT orientation"),
               (None, "rVAE - classical (one offset removed)")]
     for ax, (angle, title) in zip(axes, panels):

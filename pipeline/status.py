@@ -43,12 +43,15 @@ def job_state(job_id):
     return "UNKNOWN", "no longer known to SLURM", None
 
 
-def progress(stage, config_path):
-    """A few words on how far a stage's output has got, read from the output itself."""
+def run_paths(config_path):
+    """The outputs (:func:`pipeline.run.stage_paths`) of the run a submitted configuration describes."""
     import yaml
 
-    workdir = Path(yaml.safe_load(Path(config_path).read_text())["workdir"])
-    paths = stage_paths(workdir)
+    return stage_paths(Path(yaml.safe_load(Path(config_path).read_text())["workdir"]))
+
+
+def progress(stage, paths):
+    """A few words on how far a stage's output (among the run's ``paths``) has got, read from it."""
     try:
         if stage == "train" and paths["checkpoint"].is_file():
             from models import load_checkpoint
@@ -77,6 +80,7 @@ def status(run_dir, *, tail=15, log=print):
     log(f"{Path(run_dir).resolve()}: submitted {manifest['submitted']} on site {manifest['site']}"
         + (f", a campaign of {len(configs)} runs" if len(configs) > 1 else ""))
     states, failed = {}, []
+    paths = run_paths(configs[0]) if len(configs) == 1 else None
     for entry in manifest["stages"]:
         stage, job = entry["stage"], entry["job_id"]
         tasks = [job] if len(configs) == 1 else [f"{job}_{i}" for i in range(len(configs))]
@@ -85,7 +89,7 @@ def status(run_dir, *, tail=15, log=print):
         if len(configs) == 1:
             (state, reason, code), = found
             detail = ", ".join(x for x in (reason, f"exit {code}" if code not in (None, "0") else "",
-                                           progress(stage, configs[0])) if x)
+                                           progress(stage, paths)) if x)
             log(f"  {stage:8} job {job:>8}  {state:12} {detail}")
         else:
             counts = {state: states[stage].count(state) for state in dict.fromkeys(states[stage])}

@@ -19,12 +19,17 @@ def cut_windows(region, centres, window):
     return views[start[:, 0], start[:, 1]]
 
 
+def tapered(windows):
+    """Each window less its mean, times a Hann window (in the windows' float type): what a
+    Fourier transform of a window sees without the edges' jump."""
+    hann = np.outer(np.hanning(windows.shape[-2]), np.hanning(windows.shape[-1]))
+    centred = windows - windows.mean(axis=(-2, -1), keepdims=True)
+    return centred * hann.astype(windows.dtype if windows.dtype.kind == "f" else float)
+
+
 def fft_magnitude(windows):
     """``|FFT|`` of each Hann-windowed, mean-subtracted window, zero frequency centred."""
-    n = windows.shape[-1]
-    hann = np.outer(np.hanning(n), np.hanning(n)).astype(windows.dtype if windows.dtype.kind == "f" else float)
-    centred = windows - windows.mean(axis=(-2, -1), keepdims=True)
-    return np.fft.fftshift(np.abs(np.fft.fft2(centred * hann)), axes=(-2, -1))
+    return np.fft.fftshift(np.abs(np.fft.fft2(tapered(windows))), axes=(-2, -1))
 
 
 def log_fft_magnitude(windows):
