@@ -1,13 +1,15 @@
 """Rotation-map accuracy on real and synthetic images, with default settings, against the classical reference.
 
-Real case: atomap's experimental ADF STEM image (a perovskite-like lattice, 400x380, GPL-3 test data fetched
-by scripts/fetch-test-data.sh), turned by known angles into four 256x256 regions of one 512x512 image (each
-region the centre of the image rotated about its centre). Synthetic case: the demo's four-grain lattice.
-Each runs the whole chain with the configuration's defaults (``rvae run`` with only ``input`` set; no window,
-symmetry or prior flags), then scores, against the known angles, at every encoded position at least
-``--margin`` px from a region border: the rVAE's angle and the classical local-FFT reference computed from the
-same windows, as circular MAE modulo the lattice's period (its estimated symmetry) after one global offset.
-``--windows 32 96 ...`` repeats the real case with those windows instead of the default.
+Real cases: atomap's experimental ADF and ABF STEM images (a perovskite-like lattice, 400x380, GPL-3 test data
+fetched by scripts/fetch-test-data.sh), each turned by known angles into four 256x256 regions of one 512x512
+image (each region the centre of the image rotated about its centre). Synthetic case: the demo's four-grain
+lattice. Each runs the whole chain with the configuration's defaults (``rvae run`` with only ``input`` set; no
+window, symmetry, epoch or prior flags), encodes once more with the same model and ``encode.refine: false``
+(the encoder's amortized angle), then scores, against the known angles, at every encoded position at least
+``--margin`` px (and half a window) from a region border: the rVAE's refined angle (the default), its
+amortized angle, and the classical local-FFT reference computed from the same windows, as circular MAE modulo
+the lattice's period (its estimated symmetry) after one global offset.
+``--windows 32 96 ...`` repeats the ADF case with those windows instead of the automatic one.
 
     python benchmarks/bench_accuracy.py --workdir /tmp/bench-accuracy
 """
@@ -46,10 +48,10 @@ def score(angle, truth, symmetry):
     return float(np.degrees(np.abs(circular_error(angle[keep], truth[keep], symmetry)[0])).mean())
 
 
-def evaluate(paths, truth, region, margin, log):
-    import pipeline.analysis  # noqa: F401
-
-    res = xr.open_zarr(paths["results"]).load()
+def evaluate(paths, truth, margin, results=None):
+    """Positions scored, window, symmetry, and the MAE of the rVAE's and the classical angles in
+    ``results`` (default: the run's)."""
+    res = xr.open_zarr(results or paths["results"]).load()
     rows = res["row"].values if "row" in res else None
     if rows is None:  # grid results: the window centres
         rows, cols = np.meshgrid(res["y"].values, res["x"].values, indexing="ij")
@@ -70,13 +72,26 @@ def evaluate(paths, truth, region, margin, log):
     return found
 
 
+def amortized(paths):
+    """The run's model encoded again without refinement: the encoder's own angles."""
+    from pipeline.encode import encode
+
+    out = paths["results"].with_name("results-amortized.zarr")
+    encode(paths["cube"], paths["patches"], paths["checkpoint"], out, refine=False, overwrite=True, log=lambda line: None)
+    return out
+
+
+def row(name, found, unrefined):
+    print(f"{name:22} {found['positions']:9d} {found['window']:>6} {found['symmetry']:2d} {found['rVAE']:11.2f}° "
+          f"{unrefined:13.2f}° {found.get('classical', float('nan')):13.2f}°", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("bench-accuracy"))
     parser.add_argument("--margin", type=int, default=32,
                         help="px from region borders left out of the score (at least half the window)")
-    parser.add_argument("--epochs", type=int, default=None, help="override training epochs (default: the config's)")
-    parser.add_argument("--windows", type=int, nargs="*", default=[], help="also run the real case with these windows")
+    parser.add_argument("--windows", type=int, nargs="*", default=[], help="also run the ADF case with these windows")
     args = parser.parse_args()
 
     from rsciio.hspy import file_reader
@@ -85,31 +100,37 @@ def main():
     from pipeline.run import demo_config, run
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    adf = file_reader(str(TESTDATA / "test_ADF_cropped.hdf5"))[0]["data"].astype(np.float32)
-    image, truth, region = rotated_regions(adf)
-    np.save(args.workdir / "adf.npy", image)
-    train = {} if args.epochs is None else {"epochs": args.epochs}
 
-    def config_for(workdir, window="auto"):
-        return RunConfig.model_validate({"workdir": str(workdir), "input": str(args.workdir / "adf.npy"),
-                                         "patches": {"window": window}, "train": train})
+    def config_for(name, workdir, window="auto"):
+        return RunConfig.model_validate({"workdir": str(workdir), "input": str(args.workdir / f"{name}.npy"),
+                                         "patches": {"window": window}})
 
-    cases = {"real ADF, 4 regions": (config_for(args.workdir / "adf"), (truth, region))}
-    for window in args.windows:
-        cases[f"real ADF, window {window}"] = (config_for(args.workdir / f"adf-{window}", window), (truth, region))
-    print(f"{'case':22} {'positions':>9} {'window':>6} {'n':>2} {'rVAE MAE':>9} {'classical MAE':>13}")
-    for name, (config, (true, regions)) in cases.items():
+    cases = {}
+    for name in ("ADF", "ABF"):
+        real = file_reader(str(TESTDATA / f"test_{name}_cropped.hdf5"))[0]["data"].astype(np.float32)
+        image, truth, _ = rotated_regions(real)
+        np.save(args.workdir / f"{name}.npy", image)
+        cases[f"real {name}, 4 regions"] = (config_for(name, args.workdir / name), truth)
+        if name == "ADF":
+            for window in args.windows:
+                cases[f"real ADF, window {window}"] = (config_for(name, args.workdir / f"ADF-{window}", window), truth)
+    print(f"{'case':22} {'positions':>9} {'window':>6} {'n':>2} {'rVAE (default)':>12} {'rVAE amortized':>14} "
+          f"{'classical':>14}")
+    for name, (config, truth) in cases.items():
         paths = run(config, overwrite=True, progress=False, log=lambda line: None)
-        found = evaluate(paths, true, regions, args.margin, print)
-        print(f"{name:22} {found['positions']:9d} {found['window']:>6} {found['symmetry']:2d} "
-              f"{found['rVAE']:8.2f}° {found.get('classical', float('nan')):12.2f}°")
+        found = evaluate(paths, truth, args.margin)
+        row(name, found, evaluate(paths, truth, args.margin, amortized(paths))["rVAE"])
     paths = run(demo_config(args.workdir / "demo"), overwrite=True, progress=False, log=lambda line: None)
-    cube = xr.open_zarr(paths["cube"])
-    res = xr.open_zarr(paths["results"]).load()
-    t = cube["true_angle"].sel(y=xr.DataArray(res["y"].values), x=xr.DataArray(res["x"].values), method="nearest")
+    truth = xr.open_zarr(paths["cube"])["true_angle"]
     window = xr.open_zarr(paths["patches"]).attrs["window_spec_window"]
-    print(f"{'synthetic demo':22} {res.sizes['sample']:9d} {window:>6} {6:2d} "
-          f"{score(res['angle'].values, t.values, 6):8.2f}° {score(res['reference_angle'].values, t.values, 6):12.2f}°")
+
+    def demo_score(results):
+        res = xr.open_zarr(results).load()
+        t = truth.sel(y=xr.DataArray(res["y"].values), x=xr.DataArray(res["x"].values), method="nearest").values
+        return {"positions": res.sizes["sample"], "window": window, "symmetry": 6,
+                "rVAE": score(res["angle"].values, t, 6), "classical": score(res["reference_angle"].values, t, 6)}
+
+    row("synthetic demo", demo_score(paths["results"]), demo_score(amortized(paths))["rVAE"])
 
 
 if __name__ == "__main__":

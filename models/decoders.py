@@ -1,7 +1,8 @@
 """Decoders: a latent code plus an angle (and optional shift) to an image ``(B, C, H, W)``.
 
 All three rotate by the same convention (:mod:`models.geometry`) and return unconstrained
-values (logits for a Bernoulli likelihood, means for a Gaussian one).
+values (logits for a Bernoulli likelihood, means for a Gaussian one). ``renderer(code)`` gives
+the images of one code at any angle: what an angle search calls many times per code.
 """
 import torch
 from torch import nn
@@ -17,7 +18,13 @@ def _mlp(sizes, activation=nn.Tanh):
     return nn.Sequential(*layers[:-1])
 
 
-class WarpDecoder(nn.Module):
+class Decoder(nn.Module):
+    def renderer(self, code):
+        """``angle, shift -> images`` of these codes (decoded afresh at each angle)."""
+        return lambda angle, shift=None: self(code, angle, shift)
+
+
+class WarpDecoder(Decoder):
     """Decode a canonical image on a canvas >= sqrt(2) larger, rotate/shift it, crop the window.
 
     One MLP call per image, then one ``grid_sample``: far cheaper than evaluating an MLP per pixel.
@@ -31,15 +38,22 @@ class WarpDecoder(nn.Module):
         self.net = _mlp([code_dim, *hidden, c * self.canvas[1] * self.canvas[2]])
 
     def forward(self, code, angle=None, shift=None):
+        return self._place(self.net(code).view(-1, *self.canvas), angle, shift)
+
+    def renderer(self, code):
+        """``angle, shift -> images`` of these codes: the canvas is decoded once, then only turned."""
         canvas = self.net(code).view(-1, *self.canvas)
+        return lambda angle, shift=None: self._place(canvas, angle, shift)
+
+    def _place(self, canvas, angle, shift):
         if angle is None and shift is None:
             return self._crop(canvas)
         if angle is None:
-            angle = code.new_zeros(code.shape[0])
+            angle = canvas.new_zeros(canvas.shape[0])
         c, h, w = self.image_shape
-        scale = torch.tensor([w / self.canvas[2], h / self.canvas[1]], device=code.device)
+        scale = torch.tensor([w / self.canvas[2], h / self.canvas[1]], device=canvas.device)
         theta = inverse_transform(angle, shift) * scale.view(1, 2, 1)
-        grid = F.affine_grid(theta, (code.shape[0], c, h, w), align_corners=False)
+        grid = F.affine_grid(theta, (canvas.shape[0], c, h, w), align_corners=False)
         return F.grid_sample(canvas, grid, align_corners=False, padding_mode="border")
 
     def _crop(self, canvas):
@@ -48,7 +62,7 @@ class WarpDecoder(nn.Module):
         return canvas[..., top:top + h, left:left + w]
 
 
-class SpatialDecoder(nn.Module):
+class SpatialDecoder(Decoder):
     """The article's spatial generator: an MLP of (rotated, shifted) pixel coordinates and the code.
 
     The first layer is split into a coordinate part and a code part, so the code's contribution
@@ -75,7 +89,7 @@ class SpatialDecoder(nn.Module):
         return self.body(hidden).transpose(1, 2).reshape(batch, c, h, w)
 
 
-class BroadcastDecoder(nn.Module):
+class BroadcastDecoder(Decoder):
     """Spatial broadcast decoder: the code tiled over the rotated coordinate grid, then convolutions."""
 
     def __init__(self, image_shape, code_dim, channels=(64, 64, 64)):

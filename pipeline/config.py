@@ -70,7 +70,7 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(30, ge=1)
+    epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="passes over the patch store; auto: 30, or more for a small stack so that training takes at least 300 optimizer steps")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
@@ -88,6 +88,7 @@ class EncodeConfig(Section):
     batch_size: int = Field(1024, ge=1)
     block: int = Field(4096, ge=1, description="samples per streamed block (a results chunk)")
     symmetry: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]; auto: the lattice's, as the patch stage read it from the image (else 1)")
+    refine: bool = Field(True, description="refine each window's angle against the trained decoder (a search over one symmetry period, scored on the window's inscribed disc); false: the encoder's angle as it is")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the model (GPU)")
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
     timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")

@@ -30,6 +30,7 @@ import xarray as xr
 import zarr
 
 from models import load_checkpoint
+from models.refinement import refine_angles
 
 from . import provenance
 from .distributed import ClusterEnvironment, make_strategy
@@ -53,8 +54,11 @@ def cut_block(spec, reader, positions):
     return samples
 
 
-def encode_samples(model, samples, batch_size, device=torch.device("cpu"), precision="fp32"):
-    """``(mean, std, recon_error)`` of every sample as NumPy arrays, ``batch_size`` at a time."""
+def encode_samples(model, samples, batch_size, device=torch.device("cpu"), precision="fp32", refine=None):
+    """``(mean, std, recon_error)`` of every sample as NumPy arrays, ``batch_size`` at a time.
+
+    ``refine``: the lattice's n-fold symmetry, to refine each angle against the decoder
+    (:func:`models.refinement.refine_angles`) over one period; None keeps the encoder's."""
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
     samples = torch.from_numpy(samples)
@@ -65,6 +69,8 @@ def encode_samples(model, samples, batch_size, device=torch.device("cpu"), preci
             if device.type == "cuda":
                 x = x.pin_memory().to(device, non_blocking=True)
             mean, std = model.encode(x)
+            if refine is not None and model.rotation:
+                mean[:, 0] = refine_angles(model, x, mean, refine)
             recon = model.decode(mean)
             means.append(mean.float()), stds.append(std.float())
             errors.append(((recon.float() - x) ** 2).mean(dim=(1, 2, 3)))
@@ -75,8 +81,8 @@ class EncodeJob:
     """Everything an encode needs, checked: the model, the sample spec, the cube, the plan, and
     the record that makes two encodes the same run. Built the same way on every rank."""
 
-    def __init__(self, cube_path, patches_path, checkpoint_path, out_path, *, block, symmetry, variable=None,
-                 config_text=None):
+    def __init__(self, cube_path, patches_path, checkpoint_path, out_path, *, block, symmetry, refine=True,
+                 variable=None, config_text=None):
         check_distinct([out_path], [cube_path, patches_path, checkpoint_path])
         self.model, payload = load_checkpoint(checkpoint_path)
         self.model.eval()
@@ -111,10 +117,12 @@ class EncodeJob:
         if symmetry == "auto":  # the lattice's, as the patch stage read it from the image
             symmetry = int(attrs.get("lattice_symmetry", 1))
         self.cube_path, self.out_path, self.symmetry = cube_path, out_path, int(symmetry)
+        self.refine = self.symmetry if refine and self.model.rotation else None  # the search's period
         self.run_record = {  # what makes two encodes the same run: checked before resuming or reusing
             "source_fingerprint": source_fingerprint, "variable": variable,
             "patches_fingerprint": provenance.store_fingerprint(patches_path, "patches"),
-            "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "symmetry": symmetry, "block": block}
+            "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "symmetry": symmetry, "block": block,
+            "refined": self.refine is not None}
         self.attrs = {
             "source": str(Path(cube_path).resolve()), "source_mtime": provenance.modification_time(cube_path),
             "patches": str(Path(patches_path).resolve()), "checkpoint": str(Path(checkpoint_path).resolve()),
@@ -125,6 +133,10 @@ class EncodeJob:
         """The results group to fill, or None (``reuse`` found complete results of this run).
         Call with the output's lock held."""
         return _open_or_create(self, overwrite, reuse)
+
+    def encode(self, samples, batch_size, device=torch.device("cpu"), precision="fp32"):
+        """The posterior ``(mean, std, recon_error)`` of one block's samples."""
+        return encode_samples(self.model, samples, batch_size, device, precision, self.refine)
 
     def cut(self, b):
         """Block ``b``'s samples, its region in the results, and its classical reference
@@ -154,7 +166,7 @@ class EncodeJob:
 
 
 def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096, symmetry="auto",
-           precision="fp32", threads=None, timeout=300, overwrite=False, reuse=False, config_text=None,
+           refine=True, precision="fp32", threads=None, timeout=300, overwrite=False, reuse=False, config_text=None,
            variable=None, environment=None, log=print):
     """``rvae encode``: write ``results.zarr``; resumes an unfinished run of the same inputs.
 
@@ -174,16 +186,16 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
         torch.set_num_threads(threads)
     try:
         return _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_path, batch_size, block,
-                                symmetry, precision, overwrite, reuse, config_text, variable,
+                                symmetry, refine, precision, overwrite, reuse, config_text, variable,
                                 log if strategy.is_main else (lambda line: None))
     finally:
         strategy.shutdown()
 
 
 def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_path, batch_size, block, symmetry,
-                     precision, overwrite, reuse, config_text, variable, log):
+                     refine, precision, overwrite, reuse, config_text, variable, log):
     job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
-                    variable=variable, config_text=config_text)
+                    refine=refine, variable=variable, config_text=config_text)
     device = strategy.device
     job.model.to(device)
     with contextlib.ExitStack() as stack:
@@ -226,7 +238,7 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
                                     f"{len(mine)} blocks; run the same command again to finish")
                 samples, region, reference = ahead.result()
                 ahead = reader.submit(job.cut, mine[count]) if count < len(mine) else None
-                posterior = encode_samples(job.model, samples, batch_size, device, precision)
+                posterior = job.encode(samples, batch_size, device, precision)
                 if behind is not None:
                     behind.result()
                     written(count - 1)
@@ -241,12 +253,13 @@ def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_pat
 
 
 def encode_with_dask(client, cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096,
-                     symmetry="auto", overwrite=False, reuse=False, config_text=None, variable=None, log=print):
+                     symmetry="auto", refine=True, overwrite=False, reuse=False, config_text=None, variable=None,
+                     log=print):
     """``rvae encode --dask mpi|slurm``: every block still to do is a task on the cluster's workers, which
     read their block's region and write its results themselves; the job (model included) is
     sent to each worker once. Writes the same store as :func:`encode`."""
     job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
-                    variable=variable, config_text=config_text)
+                    refine=refine, variable=variable, config_text=config_text)
     with output_lock(out_path):
         group = job.open(overwrite, reuse)
         if group is None:
@@ -284,8 +297,7 @@ def _encode_block_task(b, job, batch_size):
     the worker runs tasks side by side)."""
     torch.set_num_threads(1)
     samples, region, reference = job.cut(b)
-    job.write(zarr.open_group(str(job.out_path), mode="r+"), region, encode_samples(job.model, samples, batch_size), b,
-              reference)
+    job.write(zarr.open_group(str(job.out_path), mode="r+"), region, job.encode(samples, batch_size), b, reference)
     return b
 
 

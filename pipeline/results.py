@@ -83,7 +83,8 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
         "recon_error": (plan.dims, empty(), {"units": "1", "long_name": "mean squared reconstruction error (normalised)"}),
     }
     if model.rotation:
-        data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, wrapped to (-pi/{symmetry}, pi/{symmetry}]",
+        refined = "refined against the decoder, " if attrs.get("refined") else ""
+        data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, {refined}wrapped to (-pi/{symmetry}, pi/{symmetry}]",
                                                "valid_range": [-half, half]})
         data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
     if reference_symmetry:

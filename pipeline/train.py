@@ -11,6 +11,7 @@ the run's settings, and are written atomically. SIGTERM or SIGUSR1 (SLURM preemp
 the next step boundary and exits with :data:`~pipeline.preemption.PREEMPTED_EXIT` (75); the same command then resumes.
 """
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -27,12 +28,24 @@ from .provenance import store_fingerprint
 from .stores import check_distinct, check_writable, output_lock, writing
 
 
-def train(patches_path, checkpoint_path, *, model_options=None, epochs=30, batch_size=128, lr=1e-3, seed=0,
+# epochs="auto": this many, or enough for MIN_STEPS optimizer steps: an image of a few hundred atom
+# columns makes a stack of a few batches, and 30 epochs of it leave the rVAE's decoder unconverged
+# (docs/bench_accuracy.md).
+DEFAULT_EPOCHS, MIN_STEPS = 30, 300
+
+
+def auto_epochs(steps_per_epoch):
+    """The epochs ``epochs="auto"`` trains for: :data:`DEFAULT_EPOCHS`, or enough for :data:`MIN_STEPS`."""
+    return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+
+
+def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", batch_size=128, lr=1e-3, seed=0,
           threads=None, backend="none", compression="none", precision="fp32", compile=False, checkpoint_every=None,
           timeout=300, overwrite=False, reuse=False, log=print):
     """``rvae train``: returns the trained model (unwrapped); the checkpoint is written atomically.
 
-    ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank.
+    ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank;
+    ``epochs="auto"``: :func:`auto_epochs` of the steps an epoch takes (on this many ranks).
     ``reuse``: a finished checkpoint of this same run and length is kept (``rvae run`` continuing).
     One line per epoch (rank 0) reports the mean -ELBO per sample and the images/s of all ranks.
     """
@@ -59,6 +72,11 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     log(f"training on {strategy.describe()}, {torch.get_num_threads()} torch thread(s) per rank")
     reader = ShardedPatchReader(patches_path, batch_size=batch_size, rank=strategy.rank,
                                 world_size=strategy.world_size, seed=seed, pin_memory=device.type == "cuda")
+    if epochs == "auto":
+        steps = reader.steps_per_epoch(1)
+        epochs = auto_epochs(steps)
+        log(f"epochs auto: {epochs} ({steps} step(s) of {batch_size} x {strategy.world_size} rank(s) per epoch; "
+            f"at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
     settings = {"patches": str(patches_path), "patches_fingerprint": store_fingerprint(patches_path, "patches"),
                 "batch_size": batch_size, "lr": lr, "seed": seed, "world_size": strategy.world_size,
                 "model": dict(model_options)}
