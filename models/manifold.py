@@ -14,6 +14,7 @@ def manifold2d(model, z, n=8, percentiles=(5, 95), y=None):
     """
     z = np.asarray(z, dtype=np.float32)
     lo, hi = np.percentile(z, percentiles, axis=0)
+    hi = np.maximum(hi, lo + 1e-3)  # a collapsed latent (every window alike) still gets a drawable range
     codes = np.tile(np.median(z, axis=0), (n * n, 1)).astype(np.float32)
     z0, z1 = np.meshgrid(np.linspace(lo[0], hi[0], n), np.linspace(hi[-1], lo[-1], n))
     codes[:, 0] = z0.ravel()

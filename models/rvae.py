@@ -81,6 +81,10 @@ class RVAE(PyroModule):
             self.log_noise_scale = torch.nn.Parameter(torch.tensor(-2.0))
         else:
             self.register_buffer("log_noise_scale", torch.tensor(float(noise_scale or 1.0)).log())
+        # Weight of the continuous latents' KL terms: 1 is the ELBO; training may warm it up from ~0,
+        # so the encoder learns the angle before the KL can pull it to the prior (posterior collapse).
+        # A tensor, so changing it neither recompiles a compiled model nor enters checkpoints.
+        self.register_buffer("kl_weight", torch.tensor(1.0), persistent=False)
         self._elbo = Trace_ELBO()
         # Exact sum over an unknown class: the guide's class site is enumerated in parallel.
         self._enumerated_elbo = TraceEnum_ELBO(max_plate_nesting=1)
@@ -94,12 +98,13 @@ class RVAE(PyroModule):
     def model(self, x, y=None):
         batch = x.shape[0]
         with pyro.plate("data", batch):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(batch, self.latent_dim), 1.0).to_event(1))
-            angle = shift = None
-            if self.rotation:
-                angle = pyro.sample("angle", dist.Normal(x.new_zeros(batch), self.angle_prior))
-            if self.translation:
-                shift = pyro.sample("shift", dist.Normal(x.new_zeros(batch, 2), self.shift_prior).to_event(1))
+            with pyro.poutine.scale(scale=self.kl_weight):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(batch, self.latent_dim), 1.0).to_event(1))
+                angle = shift = None
+                if self.rotation:
+                    angle = pyro.sample("angle", dist.Normal(x.new_zeros(batch), self.angle_prior))
+                if self.translation:
+                    shift = pyro.sample("shift", dist.Normal(x.new_zeros(batch, 2), self.shift_prior).to_event(1))
             if self.infers_class:
                 y = pyro.sample("y", dist.Categorical(logits=x.new_zeros(batch, self.num_classes)), obs=y)
             out = self._decoder_output(z, y, angle, shift)
@@ -108,11 +113,12 @@ class RVAE(PyroModule):
     def guide(self, x, y=None):
         parts = self._posterior(x)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(*parts["z"]).to_event(1))
-            if self.rotation:
-                pyro.sample("angle", dist.Normal(*parts["angle"]))
-            if self.translation:
-                pyro.sample("shift", dist.Normal(*parts["shift"]).to_event(1))
+            with pyro.poutine.scale(scale=self.kl_weight):
+                pyro.sample("z", dist.Normal(*parts["z"]).to_event(1))
+                if self.rotation:
+                    pyro.sample("angle", dist.Normal(*parts["angle"]))
+                if self.translation:
+                    pyro.sample("shift", dist.Normal(*parts["shift"]).to_event(1))
             if self.infers_class and y is None:
                 pyro.sample("y", dist.Categorical(logits=parts["logits"]), infer={"enumerate": "parallel"})
 

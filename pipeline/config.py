@@ -46,7 +46,8 @@ class PatchesConfig(Section):
     transform: Literal["none", "logfft"] = Field("none", description="per-window transform: logfft = log |FFT| of the Hann-windowed window")
     binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
     channels: str = Field("", description="spectrum images: energy bands summed into channels, e.g. '1.2:1.6,6.2:6.6'")
-    min_distance: int = Field(3, ge=1, description="points mode: minimum distance between atom columns, pixels")
+    min_distance: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="points mode: minimum distance between atom columns, pixels; auto: 0.6 lattice spacings (one column per unit cell of the brightest sublattice), else 3")
+    polarity: Literal["auto", "bright", "dark"] = Field("auto", description="points mode: atom columns are intensity maxima (bright, e.g. HAADF) or minima (dark, e.g. ABF); auto: dark where the intensities are skewed towards low values")
     threshold: float = Field(0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
     points: Optional[Path] = Field(None, description="points mode: CSV (or Zarr) of given positions, columns row,col (px) or y,x (physical); default: find atom columns")
     max_samples: Optional[int] = Field(20000, ge=1, description="training stack bound; 'none' keeps every position")
@@ -71,8 +72,10 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="passes over the patch store; auto: 30, or more for a small stack so that training takes at least 300 optimizer steps")
-    batch_size: int = Field(128, ge=1)
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="samples per step on each rank; auto: 128, or half of each rank's share of a smaller stack")
     lr: float = Field(1e-3, gt=0)
+    restarts: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="starts tried (seeds seed, seed+1000, ...), each trained for 15% of the steps; the one with the lowest loss is trained on; auto: 3 for a stack small enough that epochs auto trains longer than 30 epochs (where a start can leave the angle collapsed to its prior), else 1")
+    kl_warmup: float = Field(0.3, ge=0, lt=1, description="fraction of the training steps over which the latents' KL weight rises from 0.01 to 1 (against the angle collapsing to the prior); 0: the plain ELBO throughout")
     seed: int = 0
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
     backend: Literal["none", "ddp", "horovod"] = Field("none", description="data-parallel backend (launch ranks with srun, mpirun, torchrun or horovodrun)")

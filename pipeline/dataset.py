@@ -20,13 +20,15 @@ from .stores import open_store, reading
 from .windows import WindowSpec
 
 UNITS_PER_RANK = 4  # at least this many read units per rank per epoch, for a useful shuffle
+DEFAULT_BATCH = 128  # batch_size="auto": this, or half of each rank's share of a smaller stack
 
 
 class ShardedPatchReader:
     """Batches of the patch store for one rank.
 
     ``steps_per_epoch`` is the same on every rank (the smallest shard decides), since every
-    optimizer step is a collective operation under DDP and Horovod.
+    optimizer step is a collective operation under DDP and Horovod. ``batch_size="auto"``:
+    :data:`DEFAULT_BATCH`, or half of each rank's share of a stack too small for two such batches.
     """
 
     def __init__(self, path, *, batch_size, rank=0, world_size=1, seed=0, buffer_units=4, prefetch=1,
@@ -38,6 +40,8 @@ class ShardedPatchReader:
         self.attrs = dict(ds.attrs)
         self.spec = WindowSpec.from_attrs(self.attrs)
         n, chunk = self.array.shape[0], self.array.chunks[0]
+        if batch_size == "auto":
+            batch_size = max(1, min(DEFAULT_BATCH, n // world_size // 2))
         unit = min(chunk, max(1, -(-n // (world_size * UNITS_PER_RANK))))
         self.units = [(start, min(start + unit, n)) for start in range(0, n, unit)]
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed

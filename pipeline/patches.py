@@ -29,23 +29,27 @@ from .stores import (check_distinct, check_writable, open_cube, open_store, read
                      records_match, staged_output)
 from .windows import ScanGrid, WindowSpec, inside, window_bounds
 
+# min_distance="auto", in lattice spacings: a column's search box then holds none of the other sublattices'
+# columns (at 1/2 and 1/sqrt(2) spacings in a perovskite), so every window is centred alike
+COLUMN_SEPARATION = 0.6
 CHUNK_BYTES = 16 * 2**20  # patch store chunks (and Dask blocks) of about this size along `sample`
 # Each sample's centre and coordinates: few, large chunks (a chunk per sample chunk made thousands
 # of tiny writes, which cost as much as writing the samples of a small stack).
 COORD_CHUNK = 2**20
 
 
-def plan_positions(cube, *, mode, window, stride, min_distance, threshold, points=None):
-    """Every sample position the mode defines on this cube: a :class:`ScanGrid` (grid, frames),
-    never materialised, or an ``(N, 2)`` array of (row, col) (points)."""
+def plan_positions(cube, *, mode, window, stride, min_distance, threshold, polarity="bright", points=None):
+    """Every sample position the mode defines on this cube, and attrs recording how atom columns
+    were found: a :class:`ScanGrid` (grid, frames), never materialised, or an ``(N, 2)`` array of
+    (row, col) (points)."""
     shape = cube.shape[:2]
     if mode == "frames":
-        return ScanGrid(range(shape[0]), range(shape[1]))
+        return ScanGrid(range(shape[0]), range(shape[1])), {}
     if window > min(shape):
         raise ValueError(f"window {window} px is larger than the image ({shape[0]} x {shape[1]} px); "
                          f"choose --window <= {min(shape)}")
     if mode == "grid":
-        return ScanGrid.of_windows(shape, window, stride or window)
+        return ScanGrid.of_windows(shape, window, stride or window), {}
     if points is not None:
         from .points import read_points
 
@@ -53,21 +57,35 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, point
         given = given[inside(given.round().astype(int), shape, window)]
         if len(given) == 0:
             raise ValueError(f"none of the points in {str(points)!r} has a whole {window}-px window inside the image")
-        return given
+        return given, {}
     from .peaks import find_atom_columns
 
-    lo, hi, finite = compute(cube.data.min(), cube.data.max(), da.isfinite(cube.data).all(), progress=False)
+    image = cube.data if cube.ndim == 2 else cube.data.sum(axis=-1)  # channels summed to find columns
+    finite, lo, hi, skew = compute(da.isfinite(cube.data).all(), image.min(), image.max(), skewness(image),
+                                   progress=False)
     if not finite:
         raise ValueError(f"cube {cube.name!r} contains NaN or Inf values; clean or mask them before extracting patches")
-    image = cube.data if cube.ndim == 2 else cube.data.sum(axis=-1)  # channels summed to find columns
-    if cube.ndim > 2:
-        lo, hi = compute(image.min(), image.max(), progress=False)
+    if polarity == "auto":  # bright columns on a dark background skew the intensities high; dark ones, low
+        polarity = "dark" if skew < 0 else "bright"
+    if polarity == "dark":  # columns are minima: find the maxima of the negated image
+        image, lo, hi = -image, -hi, -lo
     found = find_atom_columns(image, min_distance=min_distance, threshold=threshold, intensity_range=(lo, hi))
     found = found[inside(found.round().astype(int), shape, window)]
     if len(found) == 0:
         raise ValueError(f"no atom columns found with a whole {window}-px window inside the image "
-                         f"(threshold={threshold}, min_distance={min_distance}); lower --threshold or --window")
-    return found
+                         f"(threshold={threshold}, min_distance={min_distance}, polarity={polarity}); lower "
+                         f"--threshold or --window")
+    return found, {"columns_polarity": polarity,
+                   "columns_choice": f"{len(found)} {polarity} columns (intensity skewness {skew:+.2f}), at least "
+                                     f"{min_distance} px apart"}
+
+
+def skewness(image):
+    """The skewness of a (Dask) image's intensities, from its first three moments in one pass."""
+    x = image.astype(np.float64)
+    m1, m2, m3 = ((x ** k).mean() for k in (1, 2, 3))
+    variance = m2 - m1 ** 2
+    return (m3 - 3 * m1 * m2 + 2 * m1 ** 3) / da.maximum(variance, 1e-300) ** 1.5
 
 
 def positions_to_encode(patch_store):
@@ -192,18 +210,24 @@ def sample_centres(blocks):
 
 
 def extract_patches(cube, *, mode="points", window="auto", stride=None, transform="none", binning=1, channels="",
-                    min_distance=3, threshold=0.3, points=None, max_samples=20000, selection="random", seed=0):
+                    min_distance="auto", polarity="auto", threshold=0.3, points=None, max_samples=20000,
+                    selection="random", seed=0):
     """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
     normalisation is left for :func:`write_patches`, which measures it while it writes.
 
     ``window="auto"`` (points, grid): about 3.7 lattice spacings (:func:`pipeline.lattice.window_for`),
     the spacing read from the image; the choice and its reason go into ``attrs["window_choice"]``.
+    ``min_distance="auto"`` (points): 0.6 lattice spacings, one column per cell of the brightest
+    sublattice (3 px without a lattice); ``polarity="auto"``: columns are minima where the
+    intensities skew low (ABF); what was found goes into ``attrs["columns_choice"]``.
     """
     cube = check_cube(cube, mode, channels)
     lattice = {} if mode == "frames" else lattice_attrs(cube)
     window, choice = choose_window(window, mode, lattice, cube.shape[:2])
-    positions = plan_positions(cube, mode=mode, window=window, stride=stride,
-                               min_distance=min_distance, threshold=threshold, points=points)
+    if min_distance == "auto":
+        min_distance = max(3, round(COLUMN_SEPARATION * lattice["lattice_spacing"])) if lattice else 3
+    positions, columns = plan_positions(cube, mode=mode, window=window, stride=stride, min_distance=min_distance,
+                                        threshold=threshold, polarity=polarity, points=points)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
                       transform=transform if mode != "frames" else "none", binning=binning,
                       channels=channels if mode != "frames" else "")
@@ -239,7 +263,7 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
                 "x": ("sample", physical("x", centres[:, 1]), dict(cube["x"].attrs))},
         attrs={"mode": mode, "stride": int(stride or window), **layout,
                "image_shape": list(cube.shape[:2]), "normalisation": "normalised = (value - offset) / scale",
-               **lattice, **choice, **spec.to_attrs()})
+               **lattice, **choice, **columns, **spec.to_attrs()})
 
 
 def choose_window(window, mode, lattice, shape):
@@ -302,6 +326,8 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, reus
         ds = extract_patches(cube, **options)
     if "window_choice" in ds.attrs:
         log(f"window {ds.attrs['window_choice']}")
+    if "columns_choice" in ds.attrs:
+        log(f"atom columns: {ds.attrs['columns_choice']}")
     ds.attrs.update(source=str(Path(cube_path).resolve()), source_shape=list(cube.shape), **record)
     coords = [name for name, v in ds.coords.items() if v.chunks]  # each sample's centre, lazily
     with staged_output(out_path, overwrite) as staging:
@@ -327,7 +353,10 @@ def write_patches(cube_path, out_path, *, variable="data", overwrite=False, reus
         if not finite:
             raise ValueError(f"cube {str(cube_path)!r} contains NaN or Inf values where samples are cut; "
                              f"clean or mask them before extracting patches")
-        spec = WindowSpec.from_attrs(ds.attrs).normalised_by(float(lo), float(hi))
+        # dark columns (ABF) are inverted: on bright-on-dark windows the rVAE's angle is learned, on
+        # dark-on-bright ones it collapsed to a constant (docs/bench_accuracy.md)
+        spec = WindowSpec.from_attrs(ds.attrs).normalised_by(float(lo), float(hi),
+                                                             invert=ds.attrs.get("columns_polarity") == "dark")
         zarr.open_group(str(staging), mode="r+").attrs.update(spec.to_attrs())
         record_chunks(staging)
         zarr.consolidate_metadata(str(staging))

@@ -32,6 +32,10 @@ from .stores import check_distinct, check_writable, output_lock, writing
 # columns makes a stack of a few batches, and 30 epochs of it leave the rVAE's decoder unconverged
 # (docs/bench_accuracy.md).
 DEFAULT_EPOCHS, MIN_STEPS = 30, 300
+# restarts="auto" on such a stack: this many starts, each tried for TRIAL of the steps. On a few hundred
+# windows some starts leave the angle collapsed to its prior; their loss is already the worst early on.
+RESTARTS, TRIAL = 3, 0.15
+KL_WARMUP = 0.3  # the default fraction of the steps over which the KL weight rises to 1
 
 
 def auto_epochs(steps_per_epoch):
@@ -39,13 +43,22 @@ def auto_epochs(steps_per_epoch):
     return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
 
 
-def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", batch_size=128, lr=1e-3, seed=0,
-          threads=None, backend="none", compression="none", precision="fp32", compile=False, checkpoint_every=None,
-          timeout=300, overwrite=False, reuse=False, log=print):
+def kl_weight(step, steps, warmup):
+    """The latents' KL weight at ``step`` of ``steps``: rising linearly from 0.01 to 1 over the
+    first ``warmup`` fraction of them (Pyro's scales must be positive), then 1."""
+    return 1.0 if warmup == 0 else min(1.0, max(0.01, (step + 1) / (warmup * steps)))
+
+
+def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", batch_size="auto", lr=1e-3,
+          restarts="auto", kl_warmup=KL_WARMUP, seed=0, threads=None, backend="none", compression="none", precision="fp32",
+          compile=False, checkpoint_every=None, timeout=300, overwrite=False, reuse=False, log=print):
     """``rvae train``: returns the trained model (unwrapped); the checkpoint is written atomically.
 
-    ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank;
-    ``epochs="auto"``: :func:`auto_epochs` of the steps an epoch takes (on this many ranks).
+    ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank
+    (``"auto"``: see :class:`~pipeline.dataset.ShardedPatchReader`); ``epochs="auto"``:
+    :func:`auto_epochs` of the steps an epoch takes (on this many ranks); ``restarts``: starts
+    tried before training on the best (:func:`_choose_start`); ``kl_warmup``: the fraction of the
+    steps over which the KL weight rises to 1 (:func:`kl_weight`).
     ``reuse``: a finished checkpoint of this same run and length is kept (``rvae run`` continuing).
     One line per epoch (rank 0) reports the mean -ELBO per sample and the images/s of all ranks.
     """
@@ -58,12 +71,14 @@ def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", b
         # rank 0 writes the checkpoint: it alone holds the output's lock
         with output_lock(checkpoint_path) if strategy.is_main else contextlib.nullcontext():
             return _train(strategy, patches_path, checkpoint_path, model_options or {}, epochs, batch_size, lr,
-                          seed, threads, precision, compile, checkpoint_every, overwrite, reuse, log)
+                          restarts, kl_warmup, seed, threads, precision, compile, checkpoint_every, overwrite, reuse,
+                          log)
     finally:
         strategy.shutdown()
 
 
-def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch_size, lr, seed, threads,
+def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch_size, lr, restarts, kl_warmup, seed,
+           threads,
            precision, compile_model, checkpoint_every, overwrite, reuse, log):
     log = log if strategy.is_main else (lambda line: None)
     if threads:
@@ -72,42 +87,43 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     log(f"training on {strategy.describe()}, {torch.get_num_threads()} torch thread(s) per rank")
     reader = ShardedPatchReader(patches_path, batch_size=batch_size, rank=strategy.rank,
                                 world_size=strategy.world_size, seed=seed, pin_memory=device.type == "cuda")
+    batch_size, steps_per_epoch = reader.batch_size, reader.steps_per_epoch(1)
     if epochs == "auto":
-        steps = reader.steps_per_epoch(1)
-        epochs = auto_epochs(steps)
-        log(f"epochs auto: {epochs} ({steps} step(s) of {batch_size} x {strategy.world_size} rank(s) per epoch; "
-            f"at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
+        epochs = auto_epochs(steps_per_epoch)
+        log(f"epochs auto: {epochs} ({steps_per_epoch} step(s) of {batch_size} x {strategy.world_size} rank(s) per "
+            f"epoch; at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
+        if restarts == "auto":
+            restarts = RESTARTS if epochs > DEFAULT_EPOCHS else 1
+    restarts = 1 if restarts == "auto" else restarts
     settings = {"patches": str(patches_path), "patches_fingerprint": store_fingerprint(patches_path, "patches"),
-                "batch_size": batch_size, "lr": lr, "seed": seed, "world_size": strategy.world_size,
-                "model": dict(model_options)}
+                "batch_size": batch_size, "lr": lr, "restarts": restarts, "kl_warmup": kl_warmup, "seed": seed,
+                "world_size": strategy.world_size, "model": dict(model_options)}
     resumed = _resume_state(checkpoint_path, settings, epochs, overwrite, reuse)
     if resumed is not None and resumed.get("finished"):
         log(f"{checkpoint_path}: up to date (trained on this patch store with these settings), kept")
         return load_checkpoint(checkpoint_path)[0]
 
-    torch.manual_seed(seed)  # identical initial parameters on every rank
-    model = RVAE(reader.sample_shape, **model_options).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    total_steps = epochs * steps_per_epoch
+    if resumed is not None:
+        start_seed = resumed.get("start_seed", seed)
+    elif restarts > 1:
+        start_seed = _choose_start(strategy, reader, model_options, lr, kl_warmup, seed, restarts, total_steps,
+                                   autocast, log)
+    else:
+        start_seed = seed
+    model, wrapped, optimizer = _start(strategy, reader, model_options, lr, start_seed)
     start_epoch, start_step, history = 1, 0, []
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
         start_epoch, start_step, history = resumed["epoch"], resumed["step"], resumed["history"]
-        log(f"resuming from {checkpoint_path}: epoch {start_epoch}, step {start_step}")
-    with torch.no_grad():  # materialise any lazily created (Pyro) parameters before wrapping
-        model.loss(torch.zeros(2, *reader.sample_shape, device=device))
-    wrapped, optimizer = strategy.wrap(model, optimizer)
-    if resumed is not None:
         # after wrapping: Horovod's DistributedOptimizer is a new optimizer built from the param
         # groups, without the state of the one it wraps (every rank loads the same state)
         optimizer.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["rng"][strategy.rank])  # the ELBO noise goes on where it stopped
+        log(f"resuming from {checkpoint_path}: epoch {start_epoch}, step {start_step}")
     step_fn = torch.compile(wrapped) if compile_model else wrapped
-    # independent ELBO noise per rank, reproducible across restarts
-    if resumed is not None:
-        torch.set_rng_state(resumed["rng"][strategy.rank])
-    else:
-        torch.manual_seed(seed * 1_000_003 + strategy.rank + 1)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
 
     def save(epoch, step, finished=False):
         rng = strategy.allgather(torch.get_rng_state())
@@ -115,7 +131,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
             with writing(checkpoint_path):
                 save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(), epoch=epoch, step=step,
                                 finished=finished, epochs=epochs, rng=rng, history=history, settings=settings,
-                                patch_attrs=reader.attrs)
+                                start_seed=start_seed, patch_attrs=reader.attrs)
         strategy.barrier()  # no rank exits (and gets its peers killed) before the file is written
 
     steps_done, vote, epoch_times = 0, None, []
@@ -125,6 +141,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
             start, total, seen = time.perf_counter(), 0.0, 0
             for step, batch in enumerate(reader.batches(epoch, first, last_epoch=epochs), start=first):
                 batch = batch.to(device, non_blocking=True)
+                model.kl_weight.fill_(kl_weight((epoch - 1) * steps_per_epoch + step, total_steps, kl_warmup))
                 with autocast:
                     loss = step_fn(batch)
                 optimizer.zero_grad()  # (Horovod's optimizer takes no set_to_none; None is the default)
@@ -160,6 +177,47 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     if start_epoch > epochs:
         save(epochs + 1, 0, finished=True)
     return model
+
+
+def _start(strategy, reader, model_options, lr, seed):
+    """A fresh model from ``seed`` (the same parameters on every rank), wrapped for the strategy,
+    with its optimizer; the ELBO noise is seeded per rank."""
+    torch.manual_seed(seed)
+    model = RVAE(reader.sample_shape, **model_options).to(strategy.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    with torch.no_grad():  # materialise any lazily created (Pyro) parameters before wrapping
+        model.loss(torch.zeros(2, *reader.sample_shape, device=strategy.device))
+    wrapped, optimizer = strategy.wrap(model, optimizer)
+    torch.manual_seed(seed * 1_000_003 + strategy.rank + 1)  # independent ELBO noise per rank
+    return model, wrapped, optimizer
+
+
+def _choose_start(strategy, reader, model_options, lr, kl_warmup, seed, restarts, total_steps, autocast, log):
+    """The seed of the best of ``restarts`` starts (``seed``, ``seed + 1000``, ...): each is trained
+    for :data:`TRIAL` of the steps, on the same batches and KL schedule as the run, and scored by
+    its mean loss over the last quarter of them (averaged over ranks); lowest wins."""
+    trial = max(1, round(TRIAL * total_steps))
+    scores = {}
+    for start_seed in (seed + 1000 * k for k in range(restarts)):
+        model, wrapped, optimizer = _start(strategy, reader, model_options, lr, start_seed)
+        losses, epoch = [], 1
+        while len(losses) < trial:
+            for batch in reader.batches(epoch):
+                model.kl_weight.fill_(kl_weight(len(losses), total_steps, kl_warmup))
+                with autocast:
+                    loss = wrapped(batch.to(strategy.device, non_blocking=True))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                if len(losses) == trial:
+                    break
+            epoch += 1
+        scores[start_seed] = strategy.allreduce_mean(float(np.mean(losses[-max(1, trial // 4):])))
+    best = min(scores, key=scores.get)
+    log(f"restarts: {restarts} starts of {trial} steps each, loss "
+        f"{', '.join(f'{score:.1f} (seed {s})' for s, score in scores.items())}: training on from seed {best}")
+    return best
 
 
 def _resume_state(checkpoint_path, settings, epochs, overwrite, reuse):

@@ -106,8 +106,11 @@ class WindowSpec:
             return tuple(int(n) // self.binning for n in signal_shape)
         return (self.window, self.window)
 
-    def normalised_by(self, lo, hi):
-        """This spec with the normalisation that maps ``[lo, hi]`` onto ``[0, 1]``."""
+    def normalised_by(self, lo, hi, invert=False):
+        """This spec with the normalisation that maps ``[lo, hi]`` onto ``[0, 1]`` (onto ``[1, 0]``
+        with ``invert``: dark atom columns come out bright, as the rVAE learns them best)."""
+        if invert:
+            return WindowSpec(**{**asdict(self), "offset": hi, "scale": (lo - hi) or -1.0})
         return WindowSpec(**{**asdict(self), "offset": lo, "scale": (hi - lo) or 1.0})
 
     def normalise(self, samples):

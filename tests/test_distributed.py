@@ -1,5 +1,6 @@
 """Data-parallel training with real ranks: torch DDP (torchrun) and Horovod (horovodrun with Gloo, mpirun with MPI)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from models import RVAE, load_checkpoint
 from pipeline.dataset import ShardedPatchReader
 from pipeline.distributed import ClusterEnvironment, NoStrategy
 from pipeline.patches import write_patches
+from pipeline.train import KL_WARMUP, kl_weight
 
 BIN = Path(sys.executable).parent
 RANK_JOB = Path(__file__).with_name("rank_job.py")
@@ -53,8 +55,10 @@ def reference_on_union(patches):
     for r in range(2):
         torch.manual_seed(SEED * 1_000_003 + r + 1)
         rng.append(torch.get_rng_state())
+    steps = readers[0].steps_per_epoch(1)
     for epoch in range(1, EPOCHS + 1):
-        for shards in zip(*(reader.batches(epoch) for reader in readers)):
+        for step, shards in enumerate(zip(*(reader.batches(epoch) for reader in readers))):
+            model.kl_weight.fill_(kl_weight((epoch - 1) * steps + step, EPOCHS * steps, KL_WARMUP))
             losses = []
             for r, batch in enumerate(shards):
                 torch.set_rng_state(rng[r])
@@ -97,7 +101,8 @@ def test_two_ranks_equal_one_rank_on_the_union_of_their_batches(backend, launche
 
 def test_sigterm_mid_epoch_then_restart_equals_an_uninterrupted_run(small_patches, tmp_path):
     args = [str(BIN / "rvae"), "train", str(small_patches)]
-    options = ["--epochs", "4", "--batch-size", "8", "--threads", "1", "--hidden", "64,64"]
+    # with restarts: the resumed run trains on from the start the first one chose, without trying again
+    options = ["--epochs", "4", "--batch-size", "8", "--threads", "1", "--hidden", "64,64", "--restarts", "2"]
     straight = subprocess.run([*args, str(tmp_path / "straight.ckpt"), *options], capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
 
@@ -114,7 +119,13 @@ def test_sigterm_mid_epoch_then_restart_equals_an_uninterrupted_run(small_patche
 
     resumed = subprocess.run([*args, str(stopped), *options], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stdout
+    assert "resuming from" in resumed.stdout and "restarts:" not in resumed.stdout
+    tried = next(line for line in straight.stdout.splitlines() if line.startswith("restarts:"))
+    scores = {int(seed): float(loss) for loss, seed in re.findall(r"(-?[\d.]+) \(seed (\d+)\)", tried)}
+    chosen = tried.split("training on from seed ")[1].split()[0]
+    assert len(scores) == 2 and int(chosen) == min(scores, key=scores.get), tried
+    assert int(chosen) == load_checkpoint(stopped)[1]["start_seed"] == load_checkpoint(tmp_path / "straight.ckpt")[1][
+        "start_seed"]
     a, b = load_checkpoint(tmp_path / "straight.ckpt")[0], load_checkpoint(stopped)[0]
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
@@ -199,7 +210,8 @@ def test_batches_spanning_shuffle_groups_keep_the_samples_in_order(small_patches
     assert torch.equal(torch.cat(batches), order[:24 * len(batches)])
 
 
-RESUME_OPTIONS = ["--epochs", "4", "--batch-size", "8", "--threads", "1", "--hidden", "64,64", "--timeout", "60"]
+RESUME_OPTIONS = ["--epochs", "4", "--batch-size", "8", "--threads", "1", "--hidden", "64,64", "--timeout", "60",
+                  "--restarts", "2"]  # two starts tried on both ranks (re-wrapped for DDP and Horovod each time)
 
 
 def rvae_ranks(backend, launcher, checkpoint, patches):

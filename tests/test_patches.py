@@ -30,6 +30,30 @@ def test_points_mode_centres_windows_on_atom_columns(lattice_cube, tmp_path):
     np.testing.assert_allclose(patches.values[0, 0], cube[row - 12:row + 12, col - 12:col + 12], atol=1e-6)
 
 
+def test_dark_columns_are_found_as_minima_and_normalised_bright(lattice_cube, tmp_path):
+    """The lattice in annular bright field contrast (columns dark on bright): the defaults find
+    the same columns as in the bright image, from the intensities' skew, and hand the rVAE the
+    windows inverted, so both contrasts give the same samples."""
+    from pipeline.ingest import ingest
+
+    bright = open_cube(lattice_cube).values.astype(np.float32)
+    np.save(tmp_path / "dark.npy", bright.max() - bright)
+    ingest(tmp_path / "dark.npy", tmp_path / "dark.zarr", progress=False, log=lambda line: None)
+    found = {}
+    for name, cube in (("bright", lattice_cube), ("dark", tmp_path / "dark.zarr")):
+        store = write_patches(cube, tmp_path / f"{name}-patches.zarr", mode="points", window=24, progress=False,
+                              log=lambda line: None)
+        assert store.attrs["columns_polarity"] == name and store.attrs["columns_choice"].split()[1] == name
+        found[name] = store
+    np.testing.assert_allclose(found["dark"]["position_row"].values, found["bright"]["position_row"].values, atol=1e-6)
+    np.testing.assert_allclose(found["dark"]["position_col"].values, found["bright"]["position_col"].values, atol=1e-6)
+    samples = {name: WindowSpec.from_attrs(store.attrs).normalise(store["patches"].values)
+               for name, store in found.items()}
+    np.testing.assert_allclose(samples["dark"], samples["bright"], atol=1e-5)
+    # min_distance auto: 0.6 spacings of the lattice the patch stage read (hexagonal planes 8.66 px apart)
+    assert "at least 5 px apart" in found["bright"].attrs["columns_choice"]
+
+
 def test_grid_mode_with_logfft_and_a_bounded_stack(lattice_cube, tmp_path):
     ds = write_patches(lattice_cube, tmp_path / "p.zarr", mode="grid", window=32, stride=16,
                        transform="logfft", max_samples=50, seed=3, progress=False)
