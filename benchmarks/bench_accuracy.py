@@ -9,7 +9,8 @@ window, symmetry, epoch or prior flags), encodes once more with the same model a
 ``--margin`` px (and half a window) from a region border: the rVAE's refined angle (the default), its
 amortized angle, and the classical local-FFT reference computed from the same windows, as circular MAE modulo
 the lattice's period (its estimated symmetry) after one global offset.
-``--windows 32 96 ...`` repeats the ADF case with those windows instead of the automatic one.
+``--windows 32 96 ...`` repeats the ADF case with those windows instead of the automatic one; ``--seeds 0 1 2``
+repeats every case with those training seeds (``train.seed``; default 0, the configuration's).
 
     python benchmarks/bench_accuracy.py --workdir /tmp/bench-accuracy
 """
@@ -72,12 +73,23 @@ def evaluate(paths, truth, margin, results=None):
     return found
 
 
+def demo_score(paths, results):
+    """:func:`evaluate` for the demo, whose truth is the cube's ``true_angle`` (6-fold)."""
+    truth = xr.open_zarr(paths["cube"])["true_angle"]
+    res = xr.open_zarr(results).load()
+    t = truth.sel(y=xr.DataArray(res["y"].values), x=xr.DataArray(res["x"].values), method="nearest").values
+    return {"positions": res.sizes["sample"], "window": xr.open_zarr(paths["patches"]).attrs["window_spec_window"],
+            "symmetry": 6, "rVAE": score(res["angle"].values, t, 6),
+            "classical": score(res["reference_angle"].values, t, 6)}
+
+
 def amortized(paths):
     """The run's model encoded again without refinement: the encoder's own angles."""
     from pipeline.encode import encode
 
     out = paths["results"].with_name("results-amortized.zarr")
-    encode(paths["cube"], paths["patches"], paths["checkpoint"], out, refine=False, overwrite=True, log=lambda line: None)
+    encode(paths["cube"], paths["patches"], paths["checkpoint"], out, refine=False, overwrite=True,
+           log=lambda line: None)
     return out
 
 
@@ -92,6 +104,7 @@ def main():
     parser.add_argument("--margin", type=int, default=32,
                         help="px from region borders left out of the score (at least half the window)")
     parser.add_argument("--windows", type=int, nargs="*", default=[], help="also run the ADF case with these windows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds to run every case with")
     args = parser.parse_args()
 
     from rsciio.hspy import file_reader
@@ -101,36 +114,34 @@ def main():
 
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    def config_for(name, workdir, window="auto"):
+    def config_for(name, workdir, window="auto", seed=0):
         return RunConfig.model_validate({"workdir": str(workdir), "input": str(args.workdir / f"{name}.npy"),
-                                         "patches": {"window": window}})
+                                         "patches": {"window": window}, "train": {"seed": seed}})
 
     cases = {}
     for name in ("ADF", "ABF"):
         real = file_reader(str(TESTDATA / f"test_{name}_cropped.hdf5"))[0]["data"].astype(np.float32)
         image, truth, _ = rotated_regions(real)
         np.save(args.workdir / f"{name}.npy", image)
-        cases[f"real {name}, 4 regions"] = (config_for(name, args.workdir / name), truth)
-        if name == "ADF":
-            for window in args.windows:
-                cases[f"real ADF, window {window}"] = (config_for(name, args.workdir / f"ADF-{window}", window), truth)
+        for seed in args.seeds:
+            tag = f", seed {seed}" if len(args.seeds) > 1 else ""
+            cases[f"real {name}{tag}"] = (config_for(name, args.workdir / f"{name}-{seed}", seed=seed), truth)
+            if name == "ADF":
+                for window in args.windows:
+                    cases[f"ADF, window {window}{tag}"] = (
+                        config_for(name, args.workdir / f"ADF-{window}-{seed}", window, seed), truth)
     print(f"{'case':22} {'positions':>9} {'window':>6} {'n':>2} {'rVAE (default)':>12} {'rVAE amortized':>14} "
           f"{'classical':>14}")
     for name, (config, truth) in cases.items():
         paths = run(config, overwrite=True, progress=False, log=lambda line: None)
         found = evaluate(paths, truth, args.margin)
         row(name, found, evaluate(paths, truth, args.margin, amortized(paths))["rVAE"])
-    paths = run(demo_config(args.workdir / "demo"), overwrite=True, progress=False, log=lambda line: None)
-    truth = xr.open_zarr(paths["cube"])["true_angle"]
-    window = xr.open_zarr(paths["patches"]).attrs["window_spec_window"]
-
-    def demo_score(results):
-        res = xr.open_zarr(results).load()
-        t = truth.sel(y=xr.DataArray(res["y"].values), x=xr.DataArray(res["x"].values), method="nearest").values
-        return {"positions": res.sizes["sample"], "window": window, "symmetry": 6,
-                "rVAE": score(res["angle"].values, t, 6), "classical": score(res["reference_angle"].values, t, 6)}
-
-    row("synthetic demo", demo_score(paths["results"]), demo_score(amortized(paths))["rVAE"])
+    for seed in args.seeds:
+        demo = demo_config(args.workdir / f"demo-{seed}")
+        demo = demo.model_copy(update={"train": demo.train.model_copy(update={"seed": seed})})
+        paths = run(demo, overwrite=True, progress=False, log=lambda line: None)
+        tag = f", seed {seed}" if len(args.seeds) > 1 else ""
+        row(f"synthetic demo{tag}", demo_score(paths, paths["results"]), demo_score(paths, amortized(paths))["rVAE"])
 
 
 if __name__ == "__main__":
