@@ -18,10 +18,16 @@ def _mlp(sizes, activation=nn.Tanh):
     return nn.Sequential(*layers[:-1])
 
 
+def coarsened(images, factor):
+    """``images`` averaged over ``factor`` x ``factor`` blocks (unchanged for 1)."""
+    return images if factor == 1 else F.avg_pool2d(images, factor)
+
+
 class Decoder(nn.Module):
     def renderer(self, code):
-        """``angle, shift -> images`` of these codes (decoded afresh at each angle)."""
-        return lambda angle, shift=None: self(code, angle, shift)
+        """``(angle, shift=None, coarsen=1) -> images`` of these codes, ``coarsen`` times smaller
+        per side (decoded afresh at each angle, then averaged over blocks)."""
+        return lambda angle, shift=None, coarsen=1: coarsened(self(code, angle, shift), coarsen)
 
 
 class WarpDecoder(Decoder):
@@ -41,19 +47,21 @@ class WarpDecoder(Decoder):
         return self._place(self.net(code).view(-1, *self.canvas), angle, shift)
 
     def renderer(self, code):
-        """``angle, shift -> images`` of these codes: the canvas is decoded once, then only turned."""
+        """``(angle, shift=None, coarsen=1) -> images`` of these codes: the canvas is decoded once,
+        then only turned, and sampled ``coarsen`` times more sparsely per side."""
         canvas = self.net(code).view(-1, *self.canvas)
-        return lambda angle, shift=None: self._place(canvas, angle, shift)
+        return lambda angle, shift=None, coarsen=1: self._place(canvas, angle, shift, coarsen)
 
-    def _place(self, canvas, angle, shift):
-        if angle is None and shift is None:
+    def _place(self, canvas, angle, shift, coarsen=1):
+        if angle is None and shift is None and coarsen == 1:
             return self._crop(canvas)
         if angle is None:
             angle = canvas.new_zeros(canvas.shape[0])
         c, h, w = self.image_shape
         scale = torch.tensor([w / self.canvas[2], h / self.canvas[1]], device=canvas.device)
         theta = inverse_transform(angle, shift) * scale.view(1, 2, 1)
-        grid = F.affine_grid(theta, (canvas.shape[0], c, h, w), align_corners=False)
+        # the same square, at every coarsen-th pixel centre (the centres of coarsen x coarsen blocks)
+        grid = F.affine_grid(theta, (canvas.shape[0], c, h // coarsen, w // coarsen), align_corners=False)
         return F.grid_sample(canvas, grid, align_corners=False, padding_mode="border")
 
     def _crop(self, canvas):
