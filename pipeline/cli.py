@@ -85,10 +85,10 @@ def _add_section(parser, section):
     for name, field in section.model_fields.items():
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
         default = field.default if field.default is not None else "none"
+        text = field.description if "default:" in (field.description or "") else \
+            f"{field.description or ''} (default: {default})".strip()
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, choices=choices,
-                           metavar=None if choices else "VALUE",
-                           help=field.description if "default:" in (field.description or "") else
-                           f"{field.description or ''} (default: {default})".strip())
+                           metavar=None if choices else "VALUE", help=text.replace("%", "%%"))  # argparse formats help
 
 
 def _section_values(args, section):

@@ -101,3 +101,17 @@ def test_config_with_an_unknown_key_names_it(tmp_path, rvae):
     assert_one_line_error(rvae("run", tmp_path / "bad.yaml", cwd=tmp_path), "train.epochs", "greater than or equal to 1")
     assert_one_line_error(rvae("run", tmp_path / "absent.yaml"), "no config file")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_command_explains_itself(rvae):
+    """``--help`` works for every command and lists every key of the stage's configuration sections
+    (a ``%`` in a description once made argparse fail on ``rvae train --help``)."""
+    from pipeline.cli import STAGES, build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for command in commands:
+        result = rvae(command, "--help")
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: rvae {command}"), result.stderr
+        for section in STAGES.get(command, (None, None, []))[2]:
+            for name in section.model_fields:
+                assert f"--{name.replace('_', '-')}" in result.stdout, (command, name)
