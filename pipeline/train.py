@@ -50,8 +50,8 @@ def kl_weight(step, steps, warmup):
 
 
 def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", batch_size="auto", lr=1e-3,
-          restarts="auto", kl_warmup=KL_WARMUP, seed=0, threads=None, backend="none", compression="none", precision="fp32",
-          compile=False, checkpoint_every=None, timeout=300, overwrite=False, reuse=False, log=print):
+          restarts="auto", kl_warmup=KL_WARMUP, seed=0, threads=None, backend="none", compression="none",
+          precision="fp32", compile=False, checkpoint_every=None, timeout=300, overwrite=False, reuse=False, log=print):
     """``rvae train``: returns the trained model (unwrapped); the checkpoint is written atomically.
 
     ``model_options`` are :class:`models.RVAE` keyword arguments; ``batch_size`` is per rank
@@ -78,8 +78,7 @@ def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", b
 
 
 def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch_size, lr, restarts, kl_warmup, seed,
-           threads,
-           precision, compile_model, checkpoint_every, overwrite, reuse, log):
+           threads, precision, compile_model, checkpoint_every, overwrite, reuse, log):
     log = log if strategy.is_main else (lambda line: None)
     if threads:
         torch.set_num_threads(threads)
@@ -140,14 +139,9 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
             first = start_step if epoch == start_epoch else 0
             start, total, seen = time.perf_counter(), 0.0, 0
             for step, batch in enumerate(reader.batches(epoch, first, last_epoch=epochs), start=first):
-                batch = batch.to(device, non_blocking=True)
-                model.kl_weight.fill_(kl_weight((epoch - 1) * steps_per_epoch + step, total_steps, kl_warmup))
-                with autocast:
-                    loss = step_fn(batch)
-                optimizer.zero_grad()  # (Horovod's optimizer takes no set_to_none; None is the default)
-                loss.backward()
-                optimizer.step()
-                total, seen, steps_done = total + loss.item() * len(batch), seen + len(batch), steps_done + 1
+                weight = kl_weight((epoch - 1) * steps_per_epoch + step, total_steps, kl_warmup)
+                loss = _step(model, step_fn, optimizer, batch.to(device, non_blocking=True), weight, autocast)
+                total, seen, steps_done = total + loss * len(batch), seen + len(batch), steps_done + 1
                 # Every rank must stop at the same step: each step the ranks vote on whether any was
                 # signalled, without waiting; the vote is read a step later, by when it has arrived,
                 # so the ranks meet once per step (in the gradient allreduce), not twice.
@@ -179,6 +173,17 @@ def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch
     return model
 
 
+def _step(model, step_fn, optimizer, batch, weight, autocast):
+    """One optimizer step on ``batch`` with the latents' KL weight at ``weight``; returns the loss."""
+    model.kl_weight.fill_(weight)
+    with autocast:
+        loss = step_fn(batch)
+    optimizer.zero_grad()  # (Horovod's optimizer takes no set_to_none; None is the default)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def _start(strategy, reader, model_options, lr, seed):
     """A fresh model from ``seed`` (the same parameters on every rank), wrapped for the strategy,
     with its optimizer; the ELBO noise is seeded per rank."""
@@ -203,13 +208,9 @@ def _choose_start(strategy, reader, model_options, lr, kl_warmup, seed, restarts
         losses, epoch = [], 1
         while len(losses) < trial:
             for batch in reader.batches(epoch):
-                model.kl_weight.fill_(kl_weight(len(losses), total_steps, kl_warmup))
-                with autocast:
-                    loss = wrapped(batch.to(strategy.device, non_blocking=True))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
+                weight = kl_weight(len(losses), total_steps, kl_warmup)
+                losses.append(_step(model, wrapped, optimizer, batch.to(strategy.device, non_blocking=True), weight,
+                                    autocast))
                 if len(losses) == trial:
                     break
             epoch += 1
