@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 from numcodecs import Blosc, Zstd
 
@@ -41,8 +42,9 @@ def arrays():
 
 
 def measure(codec, data, repeats=3):
-    """Ratio and the best of ``repeats`` encode and decode speeds (bytes of data per second)."""
-    encode, decode = [], []
+    """Ratio, the best of ``repeats`` encode and decode speeds (bytes of data per second), and the
+    checksum's time on the encoded bytes over the decode's (the best of each)."""
+    encode, decode, checksum = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
         encoded = codec.encode(data)
@@ -50,20 +52,24 @@ def measure(codec, data, repeats=3):
         start = time.perf_counter()
         codec.decode(encoded)
         decode.append(time.perf_counter() - start)
-    return data.nbytes / len(encoded), data.nbytes / min(encode), data.nbytes / min(decode)
+        stored = np.frombuffer(encoded, np.uint8)
+        start = time.perf_counter()
+        google_crc32c.value(stored)
+        checksum.append(time.perf_counter() - start)
+    return data.nbytes / len(encoded), data.nbytes / min(encode), data.nbytes / min(decode), min(checksum) / min(decode)
 
 
 def main():
     print(f"{'array':28} {'dtype':8} {'MiB':>6} {'codec':16} {'ratio':>6} {'enc MB/s':>9} {'dec MB/s':>9} "
-          f"{'ratio/zstd':>10} {'dec/zstd':>9}")
+          f"{'ratio/zstd':>10} {'dec/zstd':>9} {'crc/dec':>8}")
     for name, data in arrays().items():
         data = np.ascontiguousarray(data)
         zstd = None
         for codec_name, codec in CODECS.items():
-            ratio, enc, dec = measure(codec, data)
+            ratio, enc, dec, crc = measure(codec, data)
             zstd = zstd or (ratio, dec)
             print(f"{name:28} {str(data.dtype):8} {data.nbytes / 2**20:6.1f} {codec_name:16} {ratio:6.2f} "
-                  f"{enc / 1e6:9.0f} {dec / 1e6:9.0f} {ratio / zstd[0]:10.2f} {dec / zstd[1]:9.2f}")
+                  f"{enc / 1e6:9.0f} {dec / 1e6:9.0f} {ratio / zstd[0]:10.2f} {dec / zstd[1]:9.2f} {crc:8.3f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-import pipeline.analysis  # noqa: E402  (registers ds.rvae)
+import pipeline  # noqa: E402  (registers ds.rvae)
 from pipeline.export import export_hspy  # noqa: E402
 from pipeline.results import wrap_angle  # noqa: E402
 

@@ -2,6 +2,8 @@
 
 The model decides what the features mean (Gaussian locations, raw scales, class logits).
 """
+import math
+
 import torch
 from torch import nn
 
@@ -11,7 +13,7 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, image_shape, out_dim, hidden=(256, 256)):
         super().__init__()
-        layers, width = [], int(torch.tensor(image_shape).prod())
+        layers, width = [], math.prod(image_shape)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.Tanh()]
             width = h

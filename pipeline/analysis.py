@@ -1,8 +1,8 @@
 """Analysing results in xarray: the ``ds.rvae`` accessor on an opened ``results.zarr``.
 
     import xarray as xr
-    import pipeline.analysis  # registers ds.rvae
-    res = xr.open_zarr("rvae-demo/results.zarr")
+    import pipeline  # registers ds.rvae
+    res = pipeline.open_results("rvae-demo/results.zarr")  # or xr.open_zarr, unchecked
     res.rvae.degrees()                                   # the rotation map in degrees, units and range kept
     res.rvae.circular_mean(region={"y": slice(0, 3)})    # degrees, modulo the lattice's 360/n
     res.rvae.circular_std(by=res.rvae.domains(4))        # per orientation domain
@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from .evaluate import circular_error
-from .results import wrap_angle
+from .results import missing_values, wrap_angle
 
 
 def circular_mean(angle, symmetry=1, axis=None):
@@ -47,9 +47,20 @@ class RVAEAccessor:
     def points(self):
         return "sample" in self._ds["recon_error"].dims
 
+    def _check(self):
+        """Refuse results that are unfinished or have gaps: every statistic would be over part of them."""
+        if self._ds.attrs.get("complete") is not True:
+            raise ValueError("these results are unfinished (their attrs do not say complete=true): run the same rvae "
+                             "encode again to finish them (pipeline.open_results(path) says how far they got)")
+        missing = missing_values(self._ds)
+        if missing:
+            raise ValueError(f"{missing[1]} values of {missing[0]!r} are missing (NaN): a lost or damaged chunk? "
+                             f"pipeline.open_results(path) checks the store")
+
     def _angle(self):
         if "angle" not in self._ds:
             raise ValueError("these results have no angle (a model trained without rotation)")
+        self._check()
         return self._ds["angle"]
 
     def degrees(self, name="angle"):
@@ -73,12 +84,17 @@ class RVAEAccessor:
         return self._ds.isel(sample=np.flatnonzero(keep))
 
     def _reduce(self, stat, region=None, where=None, by=None):
+        self._angle()  # checked whole, before a region or mask leaves gaps on purpose
         ds = self._ds if region is None else self.region(**region)
-        angle = ds["angle"] if "angle" in ds else self._angle()
+        angle = ds["angle"]
         if where is not None:
             angle = angle.where(where)
         if by is None:
             return float(np.degrees(stat(angle.values, self.symmetry)))
+        if not isinstance(by, xr.DataArray) or any(by.sizes.get(d, n) != n for d, n in angle.sizes.items()) \
+                or not set(by.dims) <= set(angle.dims):
+            raise ValueError(f"by= must be a DataArray of labels on the angle's dims {dict(angle.sizes)} "
+                             f"(e.g. ds.rvae.domains(n)); got {dict(by.sizes) if hasattr(by, 'sizes') else type(by).__name__}")
         labels = by.broadcast_like(angle).values.ravel()
         values = angle.values.ravel()
         found = np.unique(labels[~np.isnan(labels)] if labels.dtype.kind == "f" else labels)
@@ -119,6 +135,8 @@ class RVAEAccessor:
         """Orientation domains: ``n`` clusters of the angle on its circle (k-means on
         ``(cos n angle, sin n angle)``, started from evenly spaced angles); labels 0..n-1 ordered by
         angle, NaN where there is no angle."""
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"domains(n): n is the number of orientation domains, an integer >= 1 (got {n!r})")
         angle = self._angle()
         values = angle.values.ravel()
         finite = np.isfinite(values)
@@ -161,6 +179,8 @@ class RVAEAccessor:
         from .provenance import file_sha256
 
         checkpoint = self._ds.attrs.get("checkpoint")
+        if not checkpoint:
+            raise ValueError("these results name no checkpoint")
         if file_sha256(checkpoint) != self._ds.attrs.get("checkpoint_sha256"):
             raise ValueError(f"checkpoint {checkpoint!r} changed since the results were encoded")
         return load_checkpoint(checkpoint)[0]
@@ -169,5 +189,8 @@ class RVAEAccessor:
         """The decoded latent manifold ``(image, extent)`` over the encoded latents' range (angle 0)."""
         from models import manifold2d
 
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"manifold(n): n is the number of images per side, an integer >= 1 (got {n!r})")
+        self._check()
         z = self._ds["z"].values.reshape(self._ds.sizes["latent"], -1).T
         return manifold2d(self.model(), z[np.isfinite(z).all(axis=1)], n=n)

@@ -11,20 +11,30 @@ import sys
 from pathlib import Path
 
 import dask.array as da
+import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 
 
 def readable_directly(array):
-    """Whether :class:`ChunkFiles` can read ``array`` (a ``zarr.Array``) without zarr."""
-    codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
+    """Whether :class:`ChunkFiles` can read ``array`` (a ``zarr.Array``) without zarr: Blosc,
+    optionally followed by a CRC-32C."""
+    codecs = list(array.metadata.codecs if array.metadata.zarr_format == 3 else ())
+    if codecs and isinstance(codecs[-1], Crc32cCodec):
+        codecs.pop()
     return (isinstance(array.store, zarr.storage.LocalStore) and len(codecs) == 2
             and isinstance(array.metadata.chunk_grid, RegularChunkGrid)
             and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
             and (array.dtype.itemsize == 1 or codecs[0].endian.value == sys.byteorder))
+
+
+def checksum_matches(data):
+    """Whether ``data`` (a chunk file's bytes) ends with the CRC-32C of what precedes it."""
+    contents = np.frombuffer(data, np.uint8)[:-4]  # a view: google_crc32c takes arrays, not memoryviews
+    return len(data) >= 4 and google_crc32c.value(contents) == int.from_bytes(data[-4:], "little")
 
 
 class ChunkFiles:
@@ -36,6 +46,7 @@ class ChunkFiles:
         self.keys = array.metadata.chunk_key_encoding
         self.chunk_shape, self.dtype, self.fill_value = array.chunks, array.dtype, array.fill_value
         self.blosc = numcodecs.Blosc()  # decoding takes the codec's settings from each chunk's header
+        self.checksummed = isinstance(array.metadata.codecs[-1], Crc32cCodec)
 
     def __call__(self, block_info=None):
         info = block_info[None]
@@ -46,6 +57,10 @@ class ChunkFiles:
             if not self.missing_is_fill:  # the store says every chunk was written: this one is lost
                 raise FileNotFoundError(f"chunk {path} is missing: it was written, and has been lost since")
             return np.full(info["chunk-shape"], self.fill_value, self.dtype)  # never written: fill value
+        if self.checksummed:
+            if not checksum_matches(data):
+                raise RuntimeError(f"{path} is damaged: its CRC-32C does not match its contents")
+            data = memoryview(data)[:-4]  # (Blosc reads a view)
         chunk = np.empty(self.chunk_shape, self.dtype)  # edge chunks are stored whole, padded
         # Blosc's 16-byte header: uncompressed size at bytes 4-7, compressed size at 12-15. Blosc
         # itself trusts it, and would read past the end of a truncated file.

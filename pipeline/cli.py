@@ -15,6 +15,7 @@ import typing
 from . import config as cfg
 from .run import STAGES as RUN_STAGES
 from .scheduler import SCHEDULERS
+from .stores import out_of_resources
 
 DASK_STAGES = ("ingest", "patches", "encode")
 SITE_OVERRIDES = ("account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend")
@@ -62,7 +63,10 @@ def build_parser():
         p.add_argument(f"--{field.replace('_', '-')}", dest=field, help=f"override the profile's {field}")
     p.add_argument("--inputs", nargs="+", metavar="FILE",
                    help="a campaign: one run per file (in WORKDIR/<file stem>), each stage one job array")
-    p.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (each job, its dependency, what it asks for, the node-hours it may cost) "
+                        "and the sbatch commands; submit nothing")
+    p.add_argument("--scripts", action="store_true", help="with --dry-run: print the batch scripts too")
     p = sub.add_parser("export", help="results as a HyperSpy signal (.hspy) for HyperSpy, pyxem, LiberTEM",
                        description="results as a HyperSpy signal: scan axes navigate, one signal axis over the "
                                    "quantities (angle and std in degrees, latents, errors)")
@@ -87,6 +91,10 @@ def _add_section(parser, section):
         default = field.default if field.default is not None else "none"
         text = field.description if "default:" in (field.description or "") else \
             f"{field.description or ''} (default: {default})".strip()
+        if field.annotation is bool:  # --refine / --no-refine
+            group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+                               action=argparse.BooleanOptionalAction, help=text.replace("%", "%%"))
+            continue
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, choices=choices,
                            metavar=None if choices else "VALUE", help=text.replace("%", "%%"))  # argparse formats help
 
@@ -97,7 +105,9 @@ def _section_values(args, section):
         if name not in args:
             continue
         raw = getattr(args, name)
-        if raw.lower() in ("none", "null") and type(None) in typing.get_args(field.annotation):
+        if isinstance(raw, bool):
+            values[name] = raw
+        elif raw.lower() in ("none", "null") and type(None) in typing.get_args(field.annotation):
             values[name] = None
         elif any(typing.get_origin(t) is tuple for t in (field.annotation, *typing.get_args(field.annotation))):
             values[name] = [v for v in raw.split(",") if v]
@@ -122,6 +132,9 @@ def main(argv=None):
         if env.rank == 0:
             print(f"rvae {args.command}: preempted: {err}", file=sys.stderr)
         return PREEMPTED_EXIT
+    except BrokenPipeError:  # `rvae status | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt:
         print(f"rvae {args.command}: interrupted; unfinished outputs are not marked complete", file=sys.stderr)
         return 130
@@ -145,8 +158,9 @@ def describe_error(err):
         if err.strerror and err.filename:
             return f"{err.strerror}: {err.filename!r}", 1
         return (err.strerror or str(err)), 1
-    if isinstance(err, MemoryError):
-        return f"out of memory: {err or 'an allocation failed'}; ask for less (a smaller size, block or batch)", 1
+    if out_of_resources(err):
+        return (f"out of memory or threads: {' '.join(str(err).split())[:200] or 'an allocation failed'}; ask for "
+                f"less (a smaller size, block, batch or --threads) or raise the limit (ulimit -v, -u)"), 1
     if isinstance(err, (ValueError, TypeError)):
         return str(err), 1
     return (f"internal error: {type(err).__name__}: {err} (run again with RVAE_TRACEBACK=1 set for the "
@@ -217,7 +231,8 @@ def _run_command(args):
         from .submit import submit
 
         overrides = {name: getattr(args, name) for name in SITE_OVERRIDES}
-        submit(cfg.load_config(args.config), args.site, inputs=args.inputs, dry_run=args.dry_run, **overrides)
+        submit(cfg.load_config(args.config), args.site, inputs=args.inputs, dry_run=args.dry_run,
+               show_scripts=args.scripts, **overrides)
     elif command == "export":
         from .export import export_hspy
 

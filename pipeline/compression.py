@@ -12,9 +12,14 @@ these figures.
 import numpy as np
 import zarr
 
-COUNTS = (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),)
-FAST_FLOATS = (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
-DENSE_FLOATS = (zarr.codecs.ZstdCodec(level=0),)
+# Every chunk the pipeline writes ends with its CRC-32C (Zarr v3's crc32c codec), checked whenever
+# it is read: a chunk damaged on disk is an error naming it, never values that decode silently
+# (a few zeroed bytes in an LZ4 chunk can decode without error). It also lets a store's
+# fingerprint cover every chunk for a 4-byte read each (pipeline.provenance).
+CHECKSUM = zarr.codecs.Crc32cCodec()
+COUNTS = (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), CHECKSUM)
+FAST_FLOATS = (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), CHECKSUM)
+DENSE_FLOATS = (zarr.codecs.ZstdCodec(level=0), CHECKSUM)
 
 
 def cube_codecs(dtype):
@@ -25,3 +30,14 @@ def cube_codecs(dtype):
 def patch_codecs(dtype):
     """Compressors of a patch store's samples: written per extraction, read every epoch."""
     return COUNTS if np.dtype(dtype).kind in "iu" else FAST_FLOATS
+
+
+def results_codecs():
+    """Compressors of a results store's variables (float32 maps written once, read by analyses)."""
+    return DENSE_FLOATS
+
+
+def checksummed(array):
+    """Whether every chunk of ``array`` (a ``zarr.Array``) ends with its CRC-32C."""
+    codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
+    return bool(codecs) and isinstance(codecs[-1], zarr.codecs.Crc32cCodec)

@@ -4,15 +4,40 @@ Every section is a strict pydantic model: an unknown key or a bad value is rejec
 one-line message naming the key (:func:`load_config`). The stage functions take the fields
 as explicit keyword arguments; they never see this module's classes.
 """
+import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def _accepts_bool(annotation):
+    """Whether a field's annotation admits a bool (``bool`` itself, or a union holding it)."""
+    return annotation is bool or bool in typing.get_args(annotation)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A strict settings section: unknown keys, infinities and NaN refused; a bool only where a
+    field is a bool (pydantic would read ``epochs: true`` as 1 and ``refine: "yes"`` as True)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bools_only_where_bools(cls, data):
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None:
+                continue
+            if _accepts_bool(field.annotation) != isinstance(value, bool) and (
+                    isinstance(value, bool) or field.annotation is bool):
+                wanted = "true or false" if field.annotation is bool else "a number or a word, not true/false"
+                raise PydanticCustomError("config_value", "{name}: expected {wanted} (got {got})",
+                                          {"name": name, "wanted": wanted, "got": repr(value)})
+        return data
 
 
 class SyntheticConfig(Section):
@@ -67,7 +92,7 @@ class ModelConfig(Section):
     noise_scale: Optional[float] = Field(0.1, gt=0, description="gaussian likelihood width; null: learned")
     angle_prior: float = Field(1.0, gt=0, description="prior width of the angle latent, radians")
     shift_prior: float = Field(0.1, gt=0, description="prior width of the shift latents, half-windows")
-    hidden: Optional[tuple[int, ...]] = Field(None, description="decoder MLP widths, e.g. 256,256 (default: 256,256 warp; 96,96,96 spatial)")
+    hidden: Optional[tuple[Annotated[int, Field(ge=1, le=8192)], ...]] = Field(None, min_length=1, description="decoder MLP widths, e.g. 256,256, each 1 to 8192 (default: 256,256 warp; 96,96,96 spatial)")
 
 
 class TrainConfig(Section):
@@ -86,11 +111,14 @@ class TrainConfig(Section):
     timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")
 
 
+MAX_SYMMETRY = 24  # n-fold orders beyond crystals' 2, 3, 4, 6 and quasicrystals' 5, 8, 10, 12
+
+
 class EncodeConfig(Section):
     """Stream the cube through the encoder (``rvae encode``)."""
     batch_size: int = Field(1024, ge=1)
     block: int = Field(4096, ge=1, description="samples per streamed block (a results chunk)")
-    symmetry: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]; auto: the lattice's, as the patch stage read it from the image (else 1)")
+    symmetry: Union[Annotated[int, Field(ge=1, le=MAX_SYMMETRY)], Literal["auto"]] = Field("auto", description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]; auto: the lattice's, as the patch stage read it from the image (else 1)")
     refine: bool = Field(True, description="refine each window's angle against the trained decoder (a search over one symmetry period, scored on the window's inscribed disc); false: the encoder's angle as it is")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the model (GPU)")
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
@@ -116,23 +144,38 @@ class RunConfig(Section):
         return self
 
 
-def format_validation_error(err, prefix=""):
-    """One line per problem: ``key.path: message``."""
-    lines = []
+def format_validation_error(err, section=None):
+    """One line per problem: ``key.path: message``; an unknown key lists the keys allowed where
+    it stood (in ``section``, the model that was validated)."""
+    problems = {}  # key: [messages], a union's alternatives under one key
     for e in err.errors():
-        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        loc = [p for p in e["loc"] if not _is_union_tag(p)]
+        key = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
-            section = _section_at(e["loc"][:-1])
-            lines.append(f"{key}: unknown key (allowed: {', '.join(section.model_fields)})")
+            allowed = _section_at(section or RunConfig, loc[:-1]).model_fields
+            problems.setdefault(key, []).append(f"unknown key (allowed: {', '.join(allowed)})")
+        elif e["type"] == "config_value":  # a section's own check, naming its key
+            problems.setdefault(f"{key}.{e['msg']}" if key else e["msg"], [])
+        elif e["type"] == "value_error" and not loc:  # the run's own check across sections
+            problems.setdefault(str(e["ctx"]["error"]), [])
         else:
-            lines.append(f"{key or 'config'}: {e['msg']} (got {e.get('input')!r})")
-    return "; ".join(lines)
+            message = e["msg"].removeprefix("Value error, ")
+            problems.setdefault(key or "config", []).append(f"{message} (got {e.get('input')!r})")
+    return "; ".join(f"{key}: {' or '.join(dict.fromkeys(messages))}" if messages else key
+                     for key, messages in problems.items())
 
 
-def _section_at(loc):
-    section = RunConfig
+def _is_union_tag(part):
+    """pydantic's name for one alternative of a union (``constrained-int``, ``literal['auto']``)."""
+    return isinstance(part, str) and (not part.isidentifier() or part in ("int", "float", "str", "bool"))
+
+
+def _section_at(section, loc):
     for name in loc:
-        section = section.model_fields[name].annotation
+        annotation = section.model_fields[name].annotation if isinstance(name, str) else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return section
+        section = annotation
     return section
 
 
@@ -143,7 +186,7 @@ def parse_config(data, section=RunConfig, source="config"):
     try:
         return section.model_validate(data)
     except ValidationError as err:
-        raise ValueError(f"{source}: {format_validation_error(err)}") from err
+        raise ValueError(f"{source}: {format_validation_error(err, section)}") from err
 
 
 def read_yaml(path, what="config file"):
@@ -152,7 +195,10 @@ def read_yaml(path, what="config file"):
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {str(path)!r}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); save the "
+                         f"{what} as UTF-8") from err
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
 

@@ -33,13 +33,14 @@ from models import load_checkpoint
 from models.refinement import refine_angles
 
 from . import provenance
+from .compression import results_codecs
 from .distributed import ClusterEnvironment, make_strategy
 from .cube_regions import RegionReader
 from .lattice import orientation
 from .patches import check_cube, positions_to_encode, region_bounds
 from .preemption import Preempted, PreemptionFlag
 from .results import EncodePlan, blocks_done, create_progress, mark_done, results_template, write_block
-from .stores import check_distinct, open_cube, open_store, output_lock, reading, record_chunks, staged_output, writing
+from .stores import check_distinct, count_chunks, open_cube, open_store, output_lock, reading, staged_output, writing
 from .windows import ScanGrid, WindowSpec
 
 
@@ -159,8 +160,9 @@ class EncodeJob:
     def finish(self, group, world_size):
         """Mark the store complete: after every block is written, by one writer."""
         with writing(self.out_path):
-            record_chunks(self.out_path)
-            group.attrs["world_size"] = world_size
+            # through this one handle: attributes written through another would be overwritten by
+            # this handle's older copy at its next write (zarr keeps a group's attributes whole)
+            group.attrs.update({"chunks_written": count_chunks(self.out_path), "world_size": world_size})
             group.attrs["complete"] = True  # last: a store without it is unfinished
             zarr.consolidate_metadata(str(self.out_path))
 
@@ -342,7 +344,8 @@ def _open_or_create(job, overwrite, reuse):
     with staged_output(out, overwrite=True, locked=True) as staging:
         template = results_template(job.plan, job.cube, job.model, job.symmetry, job.attrs,
                                     reference_symmetry=job.lattice[1] if job.lattice else None)
-        template.to_zarr(staging, compute=False, zarr_format=3)
+        template.to_zarr(staging, compute=False, zarr_format=3,
+                         encoding={name: {"compressors": results_codecs()} for name in template.data_vars})
         group = zarr.open_group(str(staging), mode="r+")
         create_progress(group, job.plan.n_blocks)
         zarr.consolidate_metadata(str(staging))  # the template's consolidated metadata lacked it

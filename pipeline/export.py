@@ -7,18 +7,20 @@ offset and units, and its one signal axis runs over the quantities per position:
 its posterior std in degrees, each latent and its std, the shifts, the reconstruction error
 (their names in ``metadata.Signal.quantities``).
 """
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .stores import check_distinct, check_writable, open_store, output_lock, writing
+from .results import load_results
+from .stores import check_distinct, check_writable, output_lock, writing
 
 
 def quantities(results):
     """``[(name, units, values)]`` per position, in the export's order."""
-    from . import analysis  # noqa: F401  (ds.rvae)
 
     found = []
     for name in ("angle", "angle_std"):
@@ -51,9 +53,7 @@ def export_hspy(results_path, out_path, *, overwrite=False):
     if out.suffix != ".hspy":
         raise ValueError(f"{str(out)!r}: name the output NAME.hspy (HyperSpy's format)")
     check_distinct([out], [results_path])
-    results = open_store(results_path, what="results store").load()
-    if not results.attrs.get("complete"):
-        raise ValueError(f"{str(results_path)!r} is unfinished (no complete=true); run rvae encode to the end first")
+    results = load_results(results_path)
     found = quantities(results)
     nav = list(results["recon_error"].dims)
     data = np.stack([values for _, _, values in found], axis=-1).astype(np.float32)
@@ -73,7 +73,15 @@ def export_hspy(results_path, out_path, *, overwrite=False):
                                       "units": [units for _, units, _ in found]}}}
     with output_lock(out), writing(out):
         check_writable(out, overwrite)
+        # HDF5 crashes the process (a segmentation fault) when the disk fills under it: make sure first
+        needed, free = data.nbytes + 2**20, shutil.disk_usage(out.parent).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"cannot write {str(out)!r}: it needs about {needed / 2**20:.1f} MiB and "
+                                        f"{free / 2**20:.1f} MiB are free")
         staging = out.with_name(f".{out.name}.partial-{os.getpid()}")  # removed if this process dies
-        file_writer(str(staging), signal, show_progressbar=False)
-        staging.replace(out)
+        try:
+            file_writer(str(staging), signal, show_progressbar=False)
+            staging.replace(out)
+        finally:
+            staging.unlink(missing_ok=True)
     return out

@@ -276,6 +276,9 @@ def label(source, *, dims=None, pixel_size=None, units=None, signal_pixel_size=N
     array = source.data
     if array.dtype.kind not in "iuf":
         raise TypeError(f"data must be real numbers, got dtype {array.dtype}")
+    if array.ndim < 2 or 0 in array.shape:
+        raise ValueError(f"the data has shape {tuple(array.shape)}: a cube needs at least 2 axes (y, x), none of them "
+                         f"empty")
     calibration = source.axes or [{}] * array.ndim
     if dims is None:
         dims = tuple(a.get("dim") for a in calibration)
@@ -287,6 +290,8 @@ def label(source, *, dims=None, pixel_size=None, units=None, signal_pixel_size=N
     dims = tuple(dims)
     if len(dims) != array.ndim:
         raise ValueError(f"--dims names {len(dims)} axes ({','.join(dims)}) but the data has {array.ndim}: {array.shape}")
+    if len(set(dims)) < len(dims):
+        raise ValueError(f"--dims names an axis twice ({','.join(dims)}); each name once, e.g. 'frame,y,x'")
     if not {"y", "x"} <= set(dims):
         raise ValueError(f"--dims must include the scan axes 'y' and 'x', got {','.join(dims)}")
     coords = {dim: _coordinate(dim, n, axis, *((pixel_size, units) if dim in ("y", "x") else

@@ -225,7 +225,7 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
     lattice = {} if mode == "frames" else lattice_attrs(cube)
     window, choice = choose_window(window, mode, lattice, cube.shape[:2])
     if min_distance == "auto":
-        min_distance = max(3, round(COLUMN_SEPARATION * lattice["lattice_spacing"])) if lattice else 3
+        min_distance = max(3, round(COLUMN_SEPARATION * lattice["lattice_spacing"])) if "lattice_spacing" in lattice else 3
     positions, columns = plan_positions(cube, mode=mode, window=window, stride=stride, min_distance=min_distance,
                                         threshold=threshold, polarity=polarity, points=points)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
@@ -273,9 +273,9 @@ def choose_window(window, mode, lattice, shape):
         return int(window), {}
     if mode == "frames":
         return 0, {}
-    if not lattice:
-        raise ValueError("--window auto found no lattice in the image (no Bragg ring in its power spectrum); "
-                         "give the window in pixels, e.g. --window 32")
+    if "lattice_spacing" not in lattice:
+        raise ValueError(f"--window auto found no lattice in the image ({lattice.get('no_lattice', 'no Bragg ring')}); "
+                         f"give the window in pixels, e.g. --window 32")
     from .lattice import CELLS, window_for
 
     chosen = window_for(lattice["lattice_spacing"], hi=max(4, min(128, min(shape) // 8 * 4)))
@@ -291,8 +291,8 @@ def lattice_attrs(cube):
     image = cube.data if cube.ndim == 2 else cube.data.sum(axis=-1)
     try:
         found = estimate_lattice(image)
-    except NoLattice:
-        return {}
+    except NoLattice as err:
+        return {"no_lattice": str(err).split(": ", 1)[-1].split("; give")[0]}
     return {"lattice_spacing": round(found["spacing"], 3), "lattice_symmetry": found["symmetry"],
             "lattice_symmetry_scores": {str(n): v for n, v in found["scores"].items()}}
 

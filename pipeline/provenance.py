@@ -2,6 +2,7 @@
 import datetime
 import hashlib
 import os
+import stat
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -25,10 +26,27 @@ def git_commit():
 
 
 def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    """The SHA-256 of the regular file at ``path``, of the bytes it had when opened.
+
+    ``ValueError`` for anything else a path may name: a FIFO is opened without waiting for a
+    writer and refused, and a device (``/dev/zero``) is refused before a byte is read."""
+    if path is None:
+        raise FileNotFoundError("no file named")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise type(err)(err.errno, err.strerror, str(path)) from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{str(path)!r} is not a regular file")
+        digest, left = hashlib.sha256(), info.st_size
+        while left > 0:  # the size it had when opened: a file that grows meanwhile is not read on and on
+            block = f.read(min(left, 1 << 20))
+            if not block:
+                break
             digest.update(block)
+            left -= len(block)
     return digest.hexdigest()
 
 
@@ -46,14 +64,34 @@ SAMPLED_CHUNKS = 4  # chunk files whose bytes join a store's fingerprint (spread
 def store_fingerprint(path, variable):
     """A short digest that identifies the content of ``variable`` in the Zarr store at ``path``
     without reading all of it: its metadata (shape, dtype, chunks, codecs), the name and size of
-    every chunk file, and the bytes of a few of them. Copies of a store share it; a store written
-    anew with other values, or one that lost or changed chunks, almost surely does not."""
+    every chunk file, and each chunk's stored CRC-32C (its last 4 bytes, where the pipeline wrote
+    the store: :mod:`pipeline.compression`), so a chunk rewritten with other values changes it;
+    for a store without checksums, the bytes of a few chunks. Copies of a store share it."""
     array = Path(path) / variable
-    digest = hashlib.sha256((array / "zarr.json").read_bytes() if (array / "zarr.json").exists() else b"")
+    metadata = (array / "zarr.json").read_bytes() if (array / "zarr.json").exists() else b""
+    digest = hashlib.sha256(metadata)
     chunks = sorted((p for p in array.rglob("*") if p.is_file() and p.name != "zarr.json"), key=str)
-    for chunk in chunks:
-        digest.update(f"{chunk.relative_to(array)}:{chunk.stat().st_size};".encode())
+    sizes = [chunk.stat().st_size for chunk in chunks]
+    for chunk, size in zip(chunks, sizes):
+        digest.update(f"{chunk.relative_to(array)}:{size};".encode())
+    if _chunks_end_with_checksums(metadata):
+        for chunk, size in zip(chunks, sizes):
+            with open(chunk, "rb") as f:
+                f.seek(max(0, size - 4))
+                digest.update(f.read(4))
+        return digest.hexdigest()[:32]
     step = max(1, len(chunks) // SAMPLED_CHUNKS)
     for chunk in chunks[::step][:SAMPLED_CHUNKS]:
         digest.update(chunk.read_bytes())
     return digest.hexdigest()[:32]
+
+
+def _chunks_end_with_checksums(metadata):
+    """Whether an array's ``zarr.json`` says each chunk file ends with its CRC-32C (unsharded)."""
+    import json
+
+    try:
+        codecs = json.loads(metadata).get("codecs", [])
+    except ValueError:
+        return False
+    return bool(codecs) and codecs[-1].get("name") == "crc32c"

@@ -2,12 +2,13 @@
 
 Imported by the CLI only; nothing else depends on matplotlib.
 """
+import os
 from pathlib import Path
 
 import numpy as np
 
-from . import analysis  # noqa: F401  (ds.rvae)
-from .stores import check_distinct, open_store, output_lock, writing
+from .results import load_results
+from .stores import check_distinct, output_lock, writing
 
 
 def write_report(results_path, out_dir, *, overwrite=False, log=print):
@@ -18,13 +19,12 @@ def write_report(results_path, out_dir, *, overwrite=False, log=print):
     import matplotlib.pyplot as plt
 
     check_distinct([out_dir], [results_path])
-    results = open_store(results_path, what="results store").load()
-    if not results.attrs.get("complete"):
-        raise ValueError(f"{str(results_path)!r} is unfinished (no complete=true); run rvae encode to the end first")
+    results = load_results(results_path)
     out = Path(out_dir)
     figures = {name: out / f"{name}.png" for name in ("rotation_map", "reference_map", "latent_maps",
                                                       "latent_scatter", "manifold", "pca_nmf")}
-    if not overwrite and any(p.exists() for p in [*figures.values(), out / "summary.txt"]):
+    # a report is finished once its summary is written (last); figures without one are redrawn
+    if not overwrite and (out / "summary.txt").exists():
         raise FileExistsError(f"{str(out)!r} already holds a report; choose another directory or pass --overwrite")
     with output_lock(out), writing(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,10 @@ def _draw(plt, results, out, figures, log):
     if baseline is None:
         del figures["pca_nmf"]
     summary = _summary(results, symmetry, baseline)
-    (out / "summary.txt").write_text(summary)
+    # last, and whole or not at all: a report with its summary is finished (rvae run keeps it)
+    staging = out / f".summary.txt.partial-{os.getpid()}"
+    staging.write_text(summary, encoding="utf-8", errors="backslashreplace")  # paths need not be UTF-8
+    staging.replace(out / "summary.txt")
     log(summary.rstrip())
     return [*figures.values(), out / "summary.txt"]
 

@@ -11,6 +11,7 @@ import math
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 
 from .patches import to_physical
 from .windows import ScanGrid
@@ -142,3 +143,55 @@ def write_block(group, plan, model, region, mean, std, error, symmetry, referenc
     if reference is not None:
         put("reference_angle", reference[0])
         put("reference_confidence", reference[1])
+
+
+def missing_values(ds):
+    """``(variable, count)`` of the first of ``angle``, ``z``, ``recon_error`` with values that are
+    not finite, or None: a complete store has a value at every position (a lost chunk reads as NaN)."""
+    for name in ("angle", "z", "recon_error"):
+        if name in ds:
+            missing = int((~np.isfinite(ds[name])).sum())
+            if missing:
+                return name, missing
+    return None
+
+
+def open_results(path):
+    """The results store at ``path`` as a lazy ``xarray.Dataset``, after checking that it is
+    whole: written to the end (``complete``), every block recorded as written in ``progress/``
+    (so an edited ``complete`` is caught), and every chunk counted when it was finished still
+    there (:func:`pipeline.stores.open_store`). ``ValueError`` (one line) otherwise."""
+    from .stores import open_store
+
+    ds = open_store(path, what="results store")
+    try:
+        done = blocks_done(zarr.open_group(str(path), mode="r"))
+    except (KeyError, FileNotFoundError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} is not a results store (no progress record; rvae encode makes them)") from err
+    if "recon_error" not in ds or "complete" not in ds.attrs:
+        raise ValueError(f"{str(path)!r} is not a results store (rvae encode makes them)")
+    written = int(done.sum())
+    if not ds.attrs["complete"]:
+        raise ValueError(f"{str(path)!r} is unfinished: {written} of {len(done)} blocks written; run the same rvae "
+                         f"encode again to finish it")
+    if written < len(done):
+        raise ValueError(f"{str(path)!r} says it is complete, but only {written} of {len(done)} blocks are recorded "
+                         f"as written (edited or damaged); encode it again")
+    if "chunks_written" not in ds.attrs:
+        raise ValueError(f"{str(path)!r} does not record its chunks (written by an older rvae, or edited), so a lost "
+                         f"chunk could not be told from a value; encode it again")
+    return ds
+
+
+def load_results(path):
+    """:func:`open_results`, read into memory, with a value at every position (else ``ValueError``)."""
+    from .stores import reading
+
+    ds = open_results(path)
+    with reading(path, what="results store"):
+        ds = ds.load()
+    missing = missing_values(ds)
+    if missing:
+        raise ValueError(f"results store {str(path)!r}: {missing[1]} values of {missing[0]!r} are missing (NaN) in a "
+                         f"store marked complete (a damaged chunk, or a model that diverged); encode it again")
+    return ds

@@ -30,7 +30,7 @@ def run(config, *, stages=STAGES, overwrite=False, progress=True, log=print):
         raise ValueError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}")
     uses_dask = DASK_STAGES.intersection(stages) or (config.dask in ("mpi", "slurm") and "encode" in stages)
     paths = stage_paths(config.workdir)
-    if config.input is not None and _is_cube(config.input):
+    if config.input is not None and is_cube(config.input):
         paths["cube"] = Path(config.input)
     with dask_scheduler(config.dask if uses_dask else "threads"):
         for name in (name for name in STAGES if name in stages):
@@ -46,7 +46,7 @@ def _cube(config, paths, overwrite, progress, log):
     if config.input is None:
         log(f"[synth] {config.synthetic.kind} -> {paths['cube']}")
         write_synthetic(paths["cube"], overwrite=overwrite, reuse=reuse, log=log, **config.synthetic.model_dump())
-    elif not _is_cube(config.input):
+    elif not is_cube(config.input):
         log(f"[ingest] {config.input} -> {paths['cube']}")
         ingest(config.input, paths["cube"], overwrite=overwrite, reuse=reuse, progress=progress, log=log,
                **config.ingest.model_dump())
@@ -82,7 +82,8 @@ def _report(config, paths, overwrite, progress, log):
 
     log(f"[report] -> {paths['report']}")
     summary, results = paths["report"] / "summary.txt", paths["results"] / "zarr.json"
-    if not overwrite and summary.exists() and summary.stat().st_mtime >= results.stat().st_mtime:
+    if not overwrite and summary.is_file() and summary.stat().st_size and \
+            summary.stat().st_mtime >= results.stat().st_mtime:
         log(f"{paths['report']}: already drawn from these results, kept")
     else:
         write_report(paths["results"], paths["report"], overwrite=overwrite, log=log)
@@ -91,7 +92,7 @@ def _report(config, paths, overwrite, progress, log):
 RUNNERS = {"cube": _cube, "patches": _patches, "train": _train, "encode": _encode, "report": _report}
 
 
-def _is_cube(path):
+def is_cube(path):
     """A Zarr store this pipeline can read directly (it has a ``data`` variable)."""
     path = Path(path)
     return path.is_dir() and (path / "data").is_dir()

@@ -4,23 +4,18 @@ Each stage's state comes from SLURM (``squeue`` while queued or running, ``scont
 for a while after; ``sacct`` where accounting is kept), its progress from its output (epochs in
 the checkpoint, blocks in the results), and a failed stage is named with the tail of its log.
 """
-import json
+import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
+from .manifest import read_submissions
 from .run import stage_paths
-from .submit import submission_paths
 
 DONE = ("COMPLETED",)
-FAILED = ("FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
-
-
-def read_manifest(run_dir):
-    path = submission_paths(run_dir)["manifest"]
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no submission record ({path}); was it made by rvae submit?")
-    return json.loads(path.read_text())
+# CANCELLED is a user's (or an administrator's) decision, not a failure of the stage
+FAILED = ("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
 
 def job_state(job_id):
@@ -45,9 +40,9 @@ def job_state(job_id):
 
 def run_paths(config_path):
     """The outputs (:func:`pipeline.run.stage_paths`) of the run a submitted configuration describes."""
-    import yaml
+    from .config import load_config
 
-    return stage_paths(Path(yaml.safe_load(Path(config_path).read_text())["workdir"]))
+    return stage_paths(load_config(config_path).workdir)
 
 
 def progress(stage, paths):
@@ -75,10 +70,14 @@ def progress(stage, paths):
 def status(run_dir, *, tail=15, log=print):
     """Print each stage's job, state, progress and, for a failed stage, its log's tail; returns
     ``{stage: [state of each run]}`` (one run, or each file of a campaign)."""
-    manifest = read_manifest(run_dir)
+    submissions = read_submissions(run_dir)
+    manifest = submissions[-1].model_dump()
     configs = manifest["configs"]
     log(f"{Path(run_dir).resolve()}: submitted {manifest['submitted']} on site {manifest['site']}"
-        + (f", a campaign of {len(configs)} runs" if len(configs) > 1 else ""))
+        + (f", a campaign of {len(configs)} runs" if len(configs) > 1 else "")
+        + (f" (submission {len(submissions)}; rvae status shows the latest)" if len(submissions) > 1 else ""))
+    for stage in manifest["up_to_date"]:
+        log(f"  {stage:8} not submitted: up to date")
     states, failed = {}, []
     paths = run_paths(configs[0]) if len(configs) == 1 else None
     for entry in manifest["stages"]:
@@ -99,9 +98,12 @@ def status(run_dir, *, tail=15, log=print):
     for stage, i, state, path in failed:
         run = f" of {Path(configs[i]).stem}" if len(configs) > 1 else ""
         log(f"stage {stage}{run} failed ({state}); the last lines of {path}:")
-        lines = Path(path).read_text(errors="replace").splitlines() if Path(path).is_file() else []
-        for line in lines[-tail:] or ["(no log written)"]:
+        for line in log_tail(path, tail) or ["(no log written)"]:
             log(f"    {line}")
+    cancelled = [entry["stage"] for entry in manifest["stages"] if "CANCELLED" in states[entry["stage"]]]
+    if cancelled:
+        log(f"cancelled: {', '.join(cancelled)} (rvae cancel or scancel); rvae submit again continues the run "
+            f"where its outputs stopped")
     for entry in manifest["stages"]:
         for i, state in enumerate(states[entry["stage"]]):
             if state == "RUNNING":
@@ -109,11 +111,28 @@ def status(run_dir, *, tail=15, log=print):
     return states
 
 
+def log_tail(path, lines, limit=64 * 1024):
+    """The last ``lines`` lines of a log file (read from its last ``limit`` bytes at most); none
+    for a path that is missing or not a regular file (a FIFO is never opened for long)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        f.seek(max(0, size - limit))
+        return f.read(limit).decode(errors="replace").splitlines()[-lines:]
+
+
 def cancel(run_dir, *, log=print):
     """Cancel every job of the submission still queued or running."""
-    manifest = read_manifest(run_dir)
-    ids = [entry["job_id"] for entry in manifest["stages"]]
-    done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
+    ids = [job.job_id for job in read_submissions(run_dir)[-1].stages]
+    if not ids:
+        log(f"{Path(run_dir).resolve()}: its latest submission has no jobs")
+        return
+    done = subprocess.run(["scancel", "--", *ids], capture_output=True, text=True)
     if done.returncode != 0:
         raise ValueError(f"scancel failed: {done.stderr.strip()}")
     log(f"cancelled jobs {', '.join(ids)} of {Path(run_dir).resolve()}")

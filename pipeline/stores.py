@@ -34,6 +34,8 @@ def open_store(path, *, what="store"):
     try:
         ds = xr.open_zarr(path)
     except Exception as err:  # zarr raises many types for a directory that is not a store
+        if out_of_resources(err):  # the process's limits, not the store (zarr starts a thread)
+            raise
         raise ValueError(f"{str(path)!r} is not a readable Zarr {what}: {err}") from err
     check_chunks(path, ds.attrs.get("chunks_written"), what)
     return ds
@@ -108,6 +110,32 @@ def _first_missing_chunk(array_path):
 
 # Errors only a write can cause: a full disk or quota, a read-only file system, a file too large.
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+# What Python and torch say when a process limit (ulimit -v, -u) stops a thread or an allocation.
+RESOURCE_MESSAGES = ("can't start new thread", "can't allocate memory", "DefaultCPUAllocator")
+
+
+def out_of_resources(err):
+    """Whether ``err`` says the process ran out of memory or threads (not a fault of a file)."""
+    return isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and
+                                            any(text in str(err) for text in RESOURCE_MESSAGES))
+
+
+def damaged_chunk(path):
+    """The first chunk file under the store at ``path`` whose CRC-32C does not match, or None."""
+    from .chunk_files import checksum_matches
+    from .compression import checksummed
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # not a store: nothing to point at
+        return None
+    for name, array in group.arrays():
+        if not checksummed(array) or array.shards is not None:
+            continue
+        for chunk in sorted(p for p in (Path(path) / name).rglob("*") if p.is_file() and p.name != "zarr.json"):
+            if not checksum_matches(chunk.read_bytes()):
+                return str(chunk)
+    return None
 
 
 @contextmanager
@@ -119,13 +147,22 @@ def reading(path, what="cube"):
     """
     try:
         yield
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, MemoryError, KeyboardInterrupt):
+    except ValueError as err:
+        if "checksum" not in str(err):
+            raise
+        found = damaged_chunk(path)  # zarr's message names no chunk: find it (on this error only)
+        raise ValueError(f"cannot read {what} {str(path)!r}: " + (f"chunk {found} is damaged (its CRC-32C does not "
+                         f"match its contents)" if found else f"a chunk is damaged ({err})") +
+                         "; restore the store or make it again") from err
+    except (FileNotFoundError, FileExistsError, TypeError, MemoryError, KeyboardInterrupt):
         raise
     except OSError as err:
         if err.errno in WRITE_ERRORS or (err.filename and not is_within(err.filename, path)):
             raise
         raise ValueError(f"cannot read {what} {str(path)!r}: {err.strerror or err}") from err
     except Exception as err:  # codecs and stores raise RuntimeError, KeyError, ...
+        if out_of_resources(err):
+            raise
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(f"cannot read {what} {str(path)!r}: {type(err).__name__}: {first_line} "
                          f"(a chunk is corrupt or truncated?)") from err

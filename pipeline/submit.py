@@ -18,27 +18,16 @@ records the site, the scripts, the job ids and the configuration (``rvae status`
 A campaign (``--inputs`` FILE...) is one run per file, each in ``WORKDIR/<file stem>``: every
 stage is one job array, task i after task i of the stage before (``aftercorr``).
 """
-import json
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import yaml
-
+from .batch_scripts import RANK_STAGES, directives, render
 from .config import to_yaml
-from .run import STAGES, _is_cube
+from .manifest import StageJob, Submission, read_submissions, submission_paths, write_submissions
+from .run import STAGES, is_cube
 from .sites import load_site
-
-RANK_STAGES = ("train", "encode")  # one rank per GPU (or per tasks_per_node), preemptible
-DASK_STAGES = ("cube", "patches")
-
-
-def submission_paths(workdir):
-    base = Path(workdir).resolve() / "slurm"
-    return {"dir": base, "config": base / "run.yaml", "manifest": base / "manifest.json", "logs": base / "logs",
-            "runs": base / "runs.txt"}
 
 
 def campaign(config, inputs):
@@ -65,71 +54,62 @@ def prepare(config, site):
 
 def stages_of(config):
     """The stages this configuration needs (a given Zarr cube needs no cube stage)."""
-    return [s for s in STAGES if not (s == "cube" and config.input is not None and _is_cube(config.input))]
+    return [s for s in STAGES if not (s == "cube" and config.input is not None and is_cube(config.input))]
 
 
-def render(stage, site, paths, runs=1):
-    """The batch script of one stage, as text; with ``runs`` > 1 (a campaign) a job array whose
-    task i runs the i-th configuration listed in ``paths["runs"]``."""
-    array = runs > 1
-    directives = {"job-name": f"rvae-{stage}", "array": f"0-{runs - 1}" if array else None,
-                  "output": paths["logs"] / (f"{stage}-%a.log" if array else f"{stage}.log"), "open-mode": "append",
-                  "time": getattr(site.time, stage), "account": site.account, "partition": site.partition,
-                  "qos": site.qos, "constraint": site.constraint}
-    launch = ["srun"]
-    if stage in RANK_STAGES:
-        directives.update({"nodes": site.nodes, "ntasks-per-node": site.tasks_per_node,
-                           "cpus-per-task": site.cpus_per_task,
-                           "gpus-per-node": site.gpus_per_node or None, "gpu-bind": site.gpu_bind,
-                           "signal": f"B:USR1@{site.signal_seconds}", "requeue": True})
-        # --wait: once one rank ends the others get 60 s to follow before srun ends them: a crashed
-        # rank fails the job within a minute, not at the time limit.
-        launch += ["--wait=60", f"--mpi={site.mpi}"] + ([f"--cpu-bind={site.cpu_bind}"] if site.cpu_bind else [])
-    elif stage in DASK_STAGES:
-        directives.update({"nodes": 1 if site.dask == "local" else None, "ntasks": site.dask_tasks,
-                           "cpus-per-task": site.dask_cpus})
-        launch += [f"--mpi={site.mpi}"] if site.dask == "mpi" else []
-    else:
-        directives.update({"ntasks": 1, "cpus-per-task": 1})
-    header = [f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={value}"
-              for key, value in directives.items() if value not in (None, False)]
-    # Without a site setup, the environment that ran `rvae submit`.
-    setup = site.setup or [f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}"]
-    env = {"OMP_NUM_THREADS": "${SLURM_CPUS_PER_TASK:-1}", "PYTHONUNBUFFERED": "1", **site.env}
-    config = '"$config"' if array else shlex.quote(str(paths["config"]))
-    command = " ".join([*launch, "rvae", "run", config, "--stage", stage])
-    what = f"each run of the campaign in {paths['dir'].parent}" if array else f"the run in {paths['dir'].parent}"
-    lines = [
-        "#!/bin/bash",
-        f"# rvae-hpc, stage '{stage}' of {what} (rvae submit, site {site.name}).",
-        f"# By hand: sbatch {paths['dir'] / (stage + '.sbatch')}",
-        *header,
-        "set -uo pipefail",
-        *setup,
-        *(f"export {key}={value if value.startswith('${') else shlex.quote(value)}" for key, value in env.items()),
-        *([f'config=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(str(paths["runs"]))})'] if array else []),
-        f'echo "[$(date +%FT%T)] rvae {stage}: job $SLURM_JOB_ID (restart ${{SLURM_RESTART_COUNT:-0}}) on '
-        f'$SLURM_JOB_NODELIST, ${{SLURM_NTASKS:-1}} task(s){" for $config" if array else ""}"',
-    ]
-    if stage not in RANK_STAGES:
-        return "\n".join([*lines, command, ""])
-    return "\n".join([*lines,
-        "# SIGUSR1 (--signal=B:...) reaches this shell alone: pass it to the ranks, which save and exit 75.",
-        f"{command} &",
-        "step=$!",
-        'trap \'echo "[$(date +%FT%T)] SIGUSR1: asking the ranks to save and stop"; kill -USR1 $step\' USR1',
-        "while kill -0 $step 2>/dev/null; do wait $step; done",
-        "wait $step; status=$?",
-        "if [ $status -eq 75 ]; then",
-        '    echo "[$(date +%FT%T)] rvae ' + stage + ': saved and stopped (exit 75); requeueing job $SLURM_JOB_ID"',
-        "    scontrol requeue $SLURM_JOB_ID && exit 0",
-        "fi",
-        "exit $status",
-        ""])
+def time_hours(limit):
+    """Hours in a SLURM time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``)."""
+    days, _, clock = limit.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # D-HH[:MM[:SS]]
+        seconds = sum(v * u for v, u in zip(parts, (3600, 60, 1)))
+    else:  # MM, MM:SS or HH:MM:SS
+        seconds = sum(v * u for v, u in zip(parts, (60, 1) if len(parts) < 3 else (3600, 60, 1)))
+    return int(days or 0) * 24 + seconds / 3600
 
 
-def submit(config, site_name, *, inputs=None, dry_run=False, log=print, **site_overrides):
-    """Write the scripts and the manifest, submit the chain (unless ``dry_run``); returns the manifest.
+def plan(stages, site, runs=1):
+    """Per stage what its job asks for: ``[{stage, after, ranks, cpus, gpus, time, nodes, node_hours}]``;
+    ``node_hours`` is the most the job can be charged at sites that charge whole nodes (its time
+    limit times its nodes, times the runs of a campaign)."""
+    rows, previous = [], None
+    node_cores = site.tasks_per_node * site.cpus_per_task
+    for stage in stages:
+        asked = directives(stage, site, {"logs": Path()}, runs)
+        tasks, cpus = asked.get("ntasks") or site.ranks, asked["cpus-per-task"]
+        gpus = site.gpus_per_node * site.nodes if stage in RANK_STAGES else 0
+        # dask-mpi's tasks go where SLURM puts them: count the nodes their cores fill at the least
+        nodes = asked.get("nodes") or max(1, -(-tasks * cpus // node_cores))
+        rows.append({"stage": stage, "after": f"{'aftercorr' if runs > 1 else 'afterok'}:{previous}" if previous else "",
+                     "ranks": tasks, "cpus": cpus, "gpus": gpus, "time": asked["time"], "nodes": nodes,
+                     "node_hours": nodes * time_hours(asked["time"]) * runs})
+        previous = stage
+    return rows
+
+
+def describe_plan(rows, site, run_dir, runs=1):
+    """The plan as lines of text: a table, then the total."""
+    lines = [f"plan for {run_dir} on site {site.name}" + (f", a campaign of {runs} runs (job arrays)" if runs > 1 else ""),
+             f"  {'stage':8} {'after':18} {'tasks x CPUs':>12} {'GPUs':>5} {'nodes':>5} {'time':>11} "
+             f"{'node-hours at most':>19}"]
+    for row in rows:
+        lines.append(f"  {row['stage']:8} {row['after'] or '-':18} {row['ranks']:>5} x {row['cpus']:<4} "
+                     f"{row['gpus']:>5} {row['nodes']:>5} {row['time']:>11} {row['node_hours']:>19.2f}")
+    lines.append(f"  {'total':8} {'':18} {'':>12} {'':>5} {'':>5} {'':>11} "
+                 f"{sum(row['node_hours'] for row in rows):>19.2f}")
+    return lines
+
+
+def sbatch_command(script, dependency=""):
+    return ["sbatch", "--parsable", "--kill-on-invalid-dep=yes", *([f"--dependency={dependency}"] if dependency else []),
+            str(script)]
+
+
+def submit(config, site_name, *, inputs=None, dry_run=False, show_scripts=False, log=print, **site_overrides):
+    """Write the scripts and the record, submit the chain (unless ``dry_run``); returns the
+    :class:`~pipeline.manifest.Submission` (None for a dry run, which prints the plan: each job,
+    its dependency, what it asks for and the node-hours it may cost, and the sbatch commands;
+    ``show_scripts``: the scripts too).
 
     ``inputs``: a campaign, one run per file (:func:`campaign`): every stage is one job array,
     task i of each after task i of the one before (``aftercorr``), so one file's failure stops
@@ -140,11 +120,22 @@ def submit(config, site_name, *, inputs=None, dry_run=False, log=print, **site_o
     runs = [prepare(c, site) for c in (campaign(config, inputs) if inputs else [config])]
     stages = STAGES if inputs else stages_of(runs[0])
     scripts = {stage: render(stage, site, paths, len(runs) if inputs else 1) for stage in stages}
+    rows = plan(stages, site, len(runs) if inputs else 1)
     if dry_run:
-        for stage, text in scripts.items():
-            log(f"# ---- {paths['dir'] / (stage + '.sbatch')}\n{text}")
+        for line in describe_plan(rows, site, paths["dir"].parent, len(runs) if inputs else 1):
+            log(line)
+        log("sbatch commands (nothing submitted; $JOB_<stage> is the job id sbatch prints for that stage):")
+        for row in rows:
+            dependency = row["after"].replace(":", ":$JOB_", 1) if row["after"] else ""
+            log("  " + " ".join(shlex.quote(word) if not word.startswith("--dependency=") else word
+                                for word in sbatch_command(paths["dir"] / f"{row['stage']}.sbatch", dependency)))
+        if show_scripts:
+            for stage, text in scripts.items():
+                log(f"# ---- {paths['dir'] / (stage + '.sbatch')}\n{text}")
+        else:
+            log("the scripts: add --scripts")
         return None
-    _refuse_if_running(paths)
+    earlier = _refuse_if_running(paths)
     paths["logs"].mkdir(parents=True, exist_ok=True)
     if inputs:
         (paths["dir"] / "runs").mkdir(exist_ok=True)
@@ -154,46 +145,41 @@ def submit(config, site_name, *, inputs=None, dry_run=False, log=print, **site_o
         configs = [paths["config"]]
     for path, run in zip(configs, runs):
         path.write_text(to_yaml(run))
-    manifest = {"site": site.name, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"), "configs": list(map(str, configs)),
-                "stages": []}
+    record = Submission(site=site.name, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"), configs=list(map(str, configs)))
     previous = None
-    for stage, text in scripts.items():
+    for row in rows:
+        stage = row["stage"]
         script = paths["dir"] / f"{stage}.sbatch"
-        script.write_text(text)
-        command = ["sbatch", "--parsable", "--kill-on-invalid-dep=yes"]
-        if previous:
-            command.append(f"--dependency={'aftercorr' if inputs else 'afterok'}:{previous}")
-        done = subprocess.run([*command, str(script)], capture_output=True, text=True)
+        script.write_text(scripts[stage])
+        dependency = f"{row['after'].split(':')[0]}:{previous}" if previous else ""
+        done = subprocess.run(sbatch_command(script, dependency), capture_output=True, text=True)
         if done.returncode != 0:
-            _cancel([s["job_id"] for s in manifest["stages"]])
+            _cancel([job.job_id for job in record.stages])
             raise ValueError(f"sbatch refused the {stage} job: {done.stderr.strip() or done.stdout.strip()}"
-                             + (" (the jobs submitted before it are cancelled)" if manifest["stages"] else ""))
+                             + (" (the jobs submitted before it are cancelled)" if record.stages else ""))
         previous = done.stdout.strip().split(";")[0]
         logs = [paths["logs"] / (f"{stage}-{i}.log" if inputs else f"{stage}.log") for i in range(len(runs))]
-        manifest["stages"].append({"stage": stage, "job_id": previous, "script": str(script),
-                                   "logs": list(map(str, logs))})
-        _write_manifest(paths["manifest"], manifest)
+        record.stages.append(StageJob(stage=stage, job_id=previous, script=str(script), logs=list(map(str, logs)),
+                                      dependency=dependency))
+        write_submissions(config.workdir, [*earlier, record])
         log(f"submitted {stage:8} job {previous}{f' ({len(runs)} runs)' if inputs else ''}  log {logs[0]}"
             + (" ..." if inputs else ""))
     log(f"follow it with: rvae status {paths['dir'].parent}")
-    return manifest
-
-
-def _write_manifest(path, manifest):
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text(json.dumps(manifest, indent=1))
-    staging.replace(path)
+    return record
 
 
 def _refuse_if_running(paths):
-    """A second submission into a run directory whose jobs are still queued would race them."""
+    """The submissions recorded so far; refused while one's jobs are still queued (a second chain
+    in the same run directory would race them)."""
     if not paths["manifest"].is_file():
-        return
-    ids = [s["job_id"] for s in json.loads(paths["manifest"].read_text())["stages"]]
+        return []
+    earlier = read_submissions(paths["dir"].parent)
+    ids = [job.job_id for job in earlier[-1].stages]
     queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)
     if ids and queued.returncode == 0 and queued.stdout.split():
         raise FileExistsError(f"{str(paths['dir'].parent)!r} has jobs of an earlier submission still queued "
                               f"({', '.join(queued.stdout.split())}); wait for them or rvae cancel it first")
+    return earlier
 
 
 def _cancel(job_ids):

@@ -149,6 +149,7 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=p
     """
     import json
 
+    from .compression import cube_codecs
     from .scheduler import compute
     from .stores import open_store, record_chunks, records_match, staged_output
 
@@ -166,6 +167,7 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=p
     with staged_output(path, overwrite) as staging:
         # through scheduler.compute: after a failed write (a full disk) it returns only once no
         # other chunk write is still running, so none recreates the partial output once removed
-        compute(ds.chunk(chunks).to_zarr(staging, zarr_format=3, compute=False), progress=False)
+        encoding = {"data": {"compressors": cube_codecs(ds["data"].dtype)}}
+        compute(ds.chunk(chunks).to_zarr(staging, zarr_format=3, compute=False, encoding=encoding), progress=False)
         record_chunks(staging)
     return ds

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import pipeline.analysis  # noqa: F401  (ds.rvae)
+import pipeline  # noqa: F401  (ds.rvae)
 from pipeline.config import RunConfig, as_run
 from pipeline.encode import encode
 from pipeline.export import export_hspy

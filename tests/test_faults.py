@@ -204,3 +204,12 @@ def test_rvae_run_continues_from_where_it_was_killed(stop_after, straight_run, t
     (tmp_path / "run.yaml").write_text(RUN_CONFIG.replace("window: 24", "window: 20"))
     changed = subprocess.run([RVAE, "run", "run.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert_one_line_error(changed, "patches.zarr", "already exists", "--overwrite")
+
+
+def test_export_to_a_full_disk_is_one_line_and_leaves_nothing_behind(inputs, tmp_path):
+    _, reference, _ = inputs
+    with small_filesystem(tmp_path / "full", "64k") as full:
+        (full / "filler").write_bytes(bytes(60 * 1024))  # HDF5 crashes when the disk fills under it
+        out = full / "r.hspy"
+        assert_one_line_error(rvae("export", reference["encode"], out), f"cannot write {str(out)!r}", "MiB are free")
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]

@@ -127,7 +127,7 @@ def submit_chain(env, cwd, config, *args):
     (cwd / "run.yaml").write_text(yaml.safe_dump(config))
     done = rvae_cli(env, cwd, "submit", "run.yaml", *args)
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((cwd / "out" / "slurm" / "manifest.json").read_text())
+    manifest = json.loads((cwd / "out" / "slurm" / "manifest.json").read_text())["submissions"][-1]
     return {entry["stage"]: entry["job_id"] for entry in manifest["stages"]}
 
 
@@ -249,7 +249,7 @@ def test_a_campaign_runs_each_file_as_a_task_of_each_stage_array(slurm, tmp_path
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({k: v for k, v in CHAIN.items() if k != "synthetic"}))
     done = rvae_cli(slurm, tmp_path, "submit", "run.yaml", "--inputs", "good.npy", "bad.npy")
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((tmp_path / "out" / "slurm" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "slurm" / "manifest.json").read_text())["submissions"][-1]
     jobs = {entry["stage"]: entry["job_id"] for entry in manifest["stages"]}
     for stage in ("cube", "patches", "train", "encode", "report"):
         assert wait(slurm, f"{jobs[stage]}_0") == ("COMPLETED", "0"), stage

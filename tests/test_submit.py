@@ -6,9 +6,11 @@ import re
 import pytest
 import yaml
 
+from pipeline.batch_scripts import render
 from pipeline.config import RunConfig
+from pipeline.manifest import submission_paths
 from pipeline.sites import SITES_DIR, load_site
-from pipeline.submit import prepare, render, stages_of, submission_paths
+from pipeline.submit import prepare, stages_of
 
 
 def directives(script):
@@ -55,7 +57,8 @@ def test_perlmutter_scripts_follow_nersc_conventions(tmp_path):
         assert (d["ntasks-per-node"], d["gpus-per-node"], d["cpus-per-task"]) == ("4", "4", "32")
         assert d["gpu-bind"] == "none" and d["signal"] == "B:USR1@120" and "requeue" in d
         assert "export SLURM_CPU_BIND=cores" in rendered[stage]
-        assert re.search(r"^srun --wait=60 --mpi=cray_shasta --cpu-bind=cores rvae run .* --stage " + stage,
+        assert re.search(r"^srun --cpus-per-task=32 --wait=60 --mpi=cray_shasta --cpu-bind=cores rvae run .* --stage "
+                         + stage,
                          rendered[stage], re.M)
     assert "module load pytorch" in rendered["train"]
     assert "partition" not in directives(rendered["train"])  # Perlmutter routes by QOS and constraint
@@ -98,10 +101,17 @@ def test_a_given_cube_needs_no_cube_job(tmp_path, lattice_cube):
     assert stages_of(RunConfig())[0] == "cube"
 
 
-def test_dry_run_prints_the_scripts_and_writes_nothing(rvae, tmp_path):
+def test_dry_run_prints_the_plan_and_the_scripts_on_request_and_writes_nothing(rvae, tmp_path):
     (tmp_path / "run.yaml").write_text("workdir: out\n")
     done = rvae("submit", "run.yaml", "--dry-run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "#!/bin/bash" not in done.stdout
+    # every stage after the one before it, what it asks for, and the node-hours it may cost
+    assert re.search(r"^  train +afterok:patches +2 x 1 +0 +1 +04:00:00 +4\.00$", done.stdout, re.M), done.stdout
+    assert re.search(r"^  total +10\.50$", done.stdout, re.M)
+    assert re.search(r"^  sbatch --parsable --kill-on-invalid-dep=yes --dependency=afterok:\$JOB_train "
+                     r"\S+/out/slurm/encode\.sbatch$", done.stdout, re.M)
+    done = rvae("submit", "run.yaml", "--dry-run", "--scripts", cwd=tmp_path)
     assert done.stdout.count("#!/bin/bash") == 5 and "--stage train" in done.stdout
     assert not (tmp_path / "out").exists()
     done = rvae("submit", "run.yaml", "--site", "perlmutter", cwd=tmp_path)
@@ -113,5 +123,5 @@ def test_dask_stages_on_dask_mpi_ranks_inside_their_allocation(tmp_path):
     rendered = scripts(site, tmp_path)
     d = directives(rendered["patches"])
     assert d["ntasks"] == "4" and "nodes" not in d  # dask-mpi's ranks may spread over nodes
-    assert re.search(r"^srun --mpi=pmix rvae run .* --stage patches$", rendered["patches"], re.M)
+    assert re.search(r"^srun --cpus-per-task=2 --mpi=pmix rvae run .* --stage patches$", rendered["patches"], re.M)
     assert prepare(RunConfig(workdir=tmp_path), site).dask == "mpi"

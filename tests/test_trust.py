@@ -1,15 +1,17 @@
 """Artefacts a user can trust: nothing hostile runs, no input is replaced, provenance is checked,
-a lost chunk is an error, and every failure a user can cause is one line (issue 16)."""
+a lost chunk is an error, and every failure a user can cause is one line (issues 16 and 25)."""
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
 import zarr
 
 from pipeline.stores import output_lock
@@ -162,13 +164,14 @@ def test_a_lost_chunk_is_an_error_for_every_stage_that_reads_it(tmp_path, rvae, 
                           "patch store", "has lost chunks of 'patches'")
 
 
-def counts_cube(path):
-    """A uint16 cube of four chunks, every one written, compressed as ingest compresses counts
-    (Blosc), so that the direct reader (pipeline.chunk_files) reads it."""
-    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) + 1
-    blosc = zarr.codecs.BloscCodec(cname="lz4", shuffle="bitshuffle")
+def counts_cube(path, side=64):
+    """A uint16 cube of (side / 32)^2 chunks, every one written, compressed as ingest compresses
+    counts (Blosc and a checksum), so that the direct reader (pipeline.chunk_files) reads it."""
+    from pipeline.compression import cube_codecs
+
+    data = np.arange(side * side, dtype=np.uint16).reshape(side, side) + 1
     xr.Dataset({"data": (("y", "x"), data)}).chunk(32).to_zarr(
-        path, zarr_format=3, write_empty_chunks=True, encoding={"data": {"compressors": [blosc]}})
+        path, zarr_format=3, write_empty_chunks=True, encoding={"data": {"compressors": cube_codecs(data.dtype)}})
     return data
 
 
@@ -257,3 +260,310 @@ def test_errors_are_described_in_one_line_and_a_bug_has_its_own_status():
     assert describe_error(PermissionError(13, "Permission denied", "/x/y")) == ("Permission denied: '/x/y'", 1)
     assert describe_error(OSError(28, "cannot write 'out': No space left on device")) == \
         ("cannot write 'out': No space left on device", 1)
+
+
+# -- batch scripts (issue 25): a value handed to rvae submit runs nothing -------------------------------------
+
+HOSTILE = ["a\ntouch {m}", "a\rtouch {m}", "a;touch${{IFS}}{m}", "$(touch${{IFS}}{m})", "`touch${{IFS}}{m}`",
+           "a';touch${{IFS}}{m};'", 'a";touch${{IFS}}{m};"', "a touch {m}", "${{X:-$(touch${{IFS}}{m})}}"]
+SITE_FIELDS = ["account", "partition", "qos", "constraint", "cpu_account", "cpu_partition", "cpu_qos",
+               "cpu_constraint", "gpu_bind", "cpu_bind", "mpi", "mem", "mail_type", "mail_user", "reservation",
+               "extra_sbatch", "env value", "env key", "workdir"]
+
+
+def stand_ins(folder):
+    """``srun`` that runs its command (options dropped), ``scontrol`` that does nothing, ``rvae``
+    that records its arguments: what a batch script runs, without a cluster."""
+    folder.mkdir()
+    (folder / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == -* ]]; do shift; done\nexec "$@"\n')
+    (folder / "scontrol").write_text("#!/bin/bash\n")
+    (folder / "rvae").write_text('#!/bin/bash\nprintf "%s\\n" "$@" >> "$RVAE_ARGS"\n')
+    for name in ("srun", "scontrol", "rvae"):
+        (folder / name).chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("field", SITE_FIELDS)
+def test_hostile_values_in_a_profile_or_config_are_refused_or_run_nothing(tmp_path, field):
+    from pipeline.batch_scripts import render
+    from pipeline.config import RunConfig
+    from pipeline.manifest import submission_paths
+    from pipeline.sites import load_site
+    from pipeline.submit import prepare, stages_of
+
+    bin_dir, marker = stand_ins(tmp_path / "bin"), tmp_path / "INJECTED"
+    refused = ran = 0
+    for value in (v.format(m=marker) for v in HOSTILE):
+        profile, workdir = {"name": "hostile", "setup": ["true"], "tasks_per_node": 2}, tmp_path / "run"
+        if field == "env value":
+            profile["env"] = {"X": value}
+        elif field == "env key":
+            profile["env"] = {value: "1"}
+        elif field == "extra_sbatch":
+            profile["extra_sbatch"] = [f"--comment={value}"]
+        elif field == "workdir":
+            workdir = tmp_path / value
+        else:
+            profile[field] = value
+        (tmp_path / "site.yaml").write_text(yaml.safe_dump(profile))
+        try:
+            site = load_site(tmp_path / "site.yaml")
+            config = prepare(RunConfig(workdir=workdir), site)
+            scripts = {stage: render(stage, site, submission_paths(config.workdir)) for stage in stages_of(config)}
+        except ValueError as err:
+            assert "\n" not in str(err) and (field.split()[0] in str(err) or "workdir" in str(err)), str(err)
+            refused += 1
+            continue
+        for stage, text in scripts.items():
+            args = tmp_path / "args.txt"
+            args.unlink(missing_ok=True)
+            environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RVAE_ARGS": str(args),
+                           "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1"}
+            done = subprocess.run(["bash", "-c", text], env=environment, capture_output=True, text=True, timeout=30)
+            assert not marker.exists(), f"{field}={value!r}: the {stage} script ran it\n{text}"
+            assert done.returncode == 0, done.stderr
+            # rvae got the configuration's path as one argument, whatever it holds
+            assert args.read_text().splitlines() == ["run", str(submission_paths(config.workdir)["config"]),
+                                                     "--stage", stage]
+        ran += 1
+    assert refused + ran == len(HOSTILE) and (refused > 0 or field in ("env value", "workdir"))
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda m: m["stages"][0].pop("job_id"), "job_id"),
+    (lambda m: m["stages"][0].update(job_id="--me"), "job_id"),
+    (lambda m: m["stages"][0].update(logs=["/etc/shadow"]), "outside the submission's folder"),
+    (lambda m: m.update(configs=[]), "configs"),
+    (lambda m: m.clear(), "configs"),
+])
+def test_a_malformed_or_hostile_submission_record_is_one_line(tmp_path, rvae, edit, fragment):
+    import json
+
+    folder = tmp_path / "run" / "slurm"
+    (folder / "logs").mkdir(parents=True)
+    record = {"site": "generic", "submitted": "2026-12-04T00:00:00", "configs": [str(folder / "run.yaml")],
+              "stages": [{"stage": "cube", "job_id": "12", "script": str(folder / "cube.sbatch"),
+                          "logs": [str(folder / "logs" / "cube.log")]}]}
+    edit(record)
+    (folder / "manifest.json").write_text(json.dumps(record))
+    for command in ("status", "cancel"):
+        assert_one_line_error(rvae(command, tmp_path / "run"), "manifest.json", fragment)
+    (folder / "manifest.json").write_bytes(b"\xff\xfe not json")
+    assert_one_line_error(rvae("status", tmp_path / "run"), "is not a submission record")
+
+
+# -- results that cannot lie (issue 25) -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def results(work, tmp_path_factory):
+    """Complete results of the work fixture's model, in 4 blocks (read-only: tests copy it)."""
+    from pipeline.encode import encode
+
+    out = tmp_path_factory.mktemp("results") / "r.zarr"
+    encode(work / "cube.zarr", work / "p.zarr", work / "m.ckpt", out, block=20, log=lambda line: None)
+    return out
+
+
+def a_copy(store, tmp_path, name="r.zarr"):
+    shutil.copytree(store, tmp_path / name)
+    return tmp_path / name
+
+
+def test_finished_results_record_their_chunks_and_world_size(results):
+    attrs = xr.open_zarr(results).attrs
+    assert attrs["complete"] is True and attrs["world_size"] == 1
+    assert attrs["chunks_written"]["angle"] == 4 and attrs["chunks_written"]["z"] == 4
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("delete an angle chunk", "has lost chunks of 'angle': 3 of the 4 written"),
+    ("edit complete into an unfinished store", "says it is complete, but only 3 of 4 blocks"),
+    ("random bytes in a chunk", "is damaged (its CRC-32C does not match"),
+    ("complete set false", "is unfinished: 4 of 4 blocks written"),
+    ("a cube given as results", "is not a results store"),
+])
+def test_report_and_export_refuse_results_that_are_not_whole(results, work, tmp_path, rvae, damage, fragment):
+    store = work / "cube.zarr" if damage == "a cube given as results" else a_copy(results, tmp_path)
+    group = zarr.open_group(str(store), mode="r+")
+    if damage == "delete an angle chunk":
+        (store / "angle" / "c" / "1").unlink()
+    elif damage == "edit complete into an unfinished store":
+        group["progress/block_done"][2] = 0
+    elif damage == "random bytes in a chunk":
+        chunk = store / "z" / "c" / "0" / "1"
+        chunk.write_bytes(np.random.default_rng(0).bytes(chunk.stat().st_size))
+    elif damage == "complete set false":
+        group.attrs["complete"] = False
+    assert_one_line_error(rvae("report", store, tmp_path / "report"), fragment)
+    assert_one_line_error(rvae("export", store, tmp_path / "r.hspy"), fragment)
+    assert not (tmp_path / "report").exists() and not list(tmp_path.glob("*.hspy*"))
+
+
+def test_the_accessor_refuses_unfinished_results_and_gaps(results, tmp_path):
+    import pipeline  # noqa: F401  (ds.rvae)
+
+    whole = xr.open_zarr(results)
+    assert np.isfinite(whole.rvae.circular_mean())
+    gap = a_copy(results, tmp_path)
+    (gap / "angle" / "c" / "1").unlink()
+    with pytest.raises(ValueError, match="values of 'angle' are missing"):
+        xr.open_zarr(gap).rvae.circular_mean()
+    with pytest.raises(ValueError, match="has lost chunks of 'angle'"):
+        pipeline.open_results(gap)
+    unfinished = whole.assign_attrs(complete=False)
+    for call in (lambda ds: ds.rvae.circular_std(), lambda ds: ds.rvae.domains(2), lambda ds: ds.rvae.manifold()):
+        with pytest.raises(ValueError, match="unfinished"):
+            call(unfinished)
+    for call, fragment in ((lambda ds: ds.rvae.domains(0), "an integer >= 1"),
+                           (lambda ds: ds.rvae.manifold(n=0), "an integer >= 1"),
+                           (lambda ds: ds.rvae.circular_mean(by=xr.DataArray(np.zeros(3), dims="sample")),
+                            "by= must be a DataArray of labels")):
+        with pytest.raises(ValueError, match=fragment):
+            call(whole)
+
+
+def test_report_refuses_all_nan_angles(results, tmp_path, rvae):
+    store = a_copy(results, tmp_path)
+    group = zarr.open_group(str(store), mode="r+")
+    group["angle"].with_config({"write_empty_chunks": True})[:] = np.nan  # as a model that diverged writes them
+    assert_one_line_error(rvae("report", store, tmp_path / "report"), "values of 'angle' are missing")
+
+
+@pytest.mark.parametrize("named", ["/dev/zero", "fifo"])
+def test_report_never_hangs_on_the_checkpoint_the_results_name(results, tmp_path, rvae, named):
+    store = a_copy(results, tmp_path)
+    if named == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+        named = str(tmp_path / "fifo")
+    group = zarr.open_group(str(store), mode="r+")
+    group.attrs["checkpoint"] = named
+    zarr.consolidate_metadata(str(store))
+    done = rvae("report", store, tmp_path / "report", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "manifold skipped" in done.stdout and "is not a regular file" in done.stdout
+
+
+def test_a_damaged_patch_chunk_is_named_and_never_trained_on(work, tmp_path, rvae):
+    store = a_copy(work / "p.zarr", tmp_path, "p.zarr")
+    chunk = next(p for p in (store / "patches" / "c").rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[100:140] = bytes(40)  # 40 zeroed bytes: LZ4 alone may decode them without a word
+    chunk.write_bytes(bytes(data))
+    assert_one_line_error(rvae("train", store, tmp_path / "m.ckpt", "--epochs", 1, "--batch-size", 16),
+                          f"chunk {chunk}", "is damaged")
+    assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_an_integer_cube_read_straight_from_its_files_checks_each_chunk(tmp_path, rvae):
+    from pipeline.stores import record_chunks
+
+    cube = tmp_path / "counts.zarr"
+    counts_cube(cube)  # uint16: read by pipeline.chunk_files
+    record_chunks(cube)
+    chunk = sorted(p for p in (cube / "data" / "c").rglob("*") if p.is_file())[2]
+    data = bytearray(chunk.read_bytes())
+    data[-10] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    assert_one_line_error(rvae("patches", cube, tmp_path / "p.zarr", "--mode", "grid", "--window", 16),
+                          "is damaged")
+
+
+def test_the_fingerprint_covers_every_chunk_through_its_checksum(tmp_path):
+    from pipeline.provenance import SAMPLED_CHUNKS, store_fingerprint
+
+    from pipeline.compression import cube_codecs
+
+    cube = tmp_path / "counts.zarr"  # incompressible counts: a chunk's size does not change with its values
+    data = np.random.default_rng(0).integers(0, 2**16, (128, 128), dtype=np.uint16)
+    xr.Dataset({"data": (("y", "x"), data)}).chunk(32).to_zarr(
+        cube, zarr_format=3, encoding={"data": {"compressors": cube_codecs(data.dtype)}})
+    before = store_fingerprint(cube, "data")
+    chunks = sorted((p for p in (cube / "data").rglob("*") if p.is_file() and p.name != "zarr.json"), key=str)
+    assert len(chunks) > SAMPLED_CHUNKS
+    # rewrite, at the same size, a chunk the sampling would not read: another value, a valid checksum
+    array = zarr.open_array(str(cube / "data"), mode="r+")
+    unsampled = next(i for i in range(len(chunks)) if i % max(1, len(chunks) // SAMPLED_CHUNKS))
+    index = tuple(int(part) for part in chunks[unsampled].relative_to(cube / "data" / "c").parts)
+    region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, array.chunks))
+    values = array[region]
+    values.flat[0] ^= 1
+    size = chunks[unsampled].stat().st_size
+    array[region] = values
+    assert chunks[unsampled].stat().st_size == size
+    assert store_fingerprint(cube, "data") != before
+
+
+def test_a_huge_model_config_in_a_checkpoint_allocates_nothing(work, tmp_path):
+    import resource
+
+    from models import load_checkpoint
+
+    _, payload = load_checkpoint(work / "m.ckpt")
+    payload["config"]["hidden"] = (2**20, 2**20)  # 4 TiB of decoder weights, were they allocated
+    torch.save(payload, tmp_path / "huge.ckpt")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="weights do not fit its model config"):
+        load_checkpoint(tmp_path / "huge.ckpt")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_window_auto_finds_no_lattice_in_noise(tmp_path, rvae):
+    np.save(tmp_path / "noise.npy", np.random.default_rng(0).uniform(size=(256, 256)).astype(np.float32))
+    assert rvae("ingest", tmp_path / "noise.npy", tmp_path / "noise.zarr").returncode == 0
+    assert_one_line_error(rvae("patches", tmp_path / "noise.zarr", tmp_path / "p.zarr"),
+                          "--window auto found no lattice", "over the background", "--window 32")
+
+
+def test_running_out_of_threads_is_the_users_limit_not_the_store():
+    from pipeline.cli import describe_error
+    from pipeline.stores import reading
+
+    limit = RuntimeError("can't start new thread")
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        with reading("p.zarr", "patch store"):  # not blamed on the store
+            raise limit
+    message, status = describe_error(limit)
+    assert status == 1 and message.startswith("out of memory or threads") and "ulimit" in message
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "{w}/p.zarr", "{t}/m.ckpt", "--lr", "inf"], ["lr: Input should be a finite number"]),
+    (["train", "{w}/p.zarr", "{t}/m.ckpt", "--hidden", "0"], ["hidden.0: Input should be greater than or equal to 1"]),
+    (["synth", "{t}/c.zarr", "--drift", "inf"], ["drift: Input should be a finite number"]),
+    (["synth", "{t}/c.zarr", "--pixel-size", "inf"], ["pixel_size: Input should be a finite number"]),
+    (["encode", "{w}/cube.zarr", "{w}/p.zarr", "{w}/m.ckpt", "{t}/r.zarr", "--symmetry", "100000"],
+     ["symmetry: Input should be less than or equal to 24"]),
+    (["ingest", "{t}/stack.npy", "{t}/c.zarr", "--dims", "y,x,y"], ["--dims names an axis twice"]),
+    (["ingest", "{t}/empty.npy", "{t}/c.zarr"], ["shape (0, 64)", "none of them empty"]),
+    (["ingest", "{t}/scalar.npy", "{t}/c.zarr"], ["shape ()", "at least 2 axes"]),
+    (["run", "{t}/latin1.yaml"], ["latin1.yaml: not UTF-8 text"]),
+    (["run", "{t}/bools.yaml"], ["train.epochs: expected a number or a word, not true/false (got True)"]),
+    (["run", "{t}/yes.yaml"], ["encode.refine: expected true or false (got 'yes')"]),
+    (["encode", "{w}/cube.zarr", "{w}/p.zarr", "{t}/empty.ckpt", "{t}/r.zarr"], ["is empty (0 bytes)"]),
+    (["encode", "{w}/cube.zarr", "{w}/p.zarr", "{t}/random.ckpt", "{t}/r.zarr"],
+     ["is not a readable rvae checkpoint", "written by rvae train"]),
+])
+def test_lenient_or_unclear_input_is_one_line_and_writes_nothing(work, tmp_path, rvae, args, fragments):
+    np.save(tmp_path / "stack.npy", np.zeros((2, 8, 8), np.float32))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 64), np.float32))
+    np.save(tmp_path / "scalar.npy", np.float32(3))
+    (tmp_path / "latin1.yaml").write_bytes("workdir: caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "bools.yaml").write_text("train:\n  epochs: true\n")
+    (tmp_path / "yes.yaml").write_text("encode:\n  refine: 'yes'\n")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "random.ckpt").write_bytes(np.random.default_rng(1).bytes(4096))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_one_line_error(rvae(*(a.format(w=work, t=tmp_path) for a in args)), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_report_is_finished_only_once_its_summary_is_written(results, tmp_path):
+    from pipeline.report import write_report
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.ckpt"))  # a path that is not UTF-8
+    shutil.copy(zarr.open_group(str(results)).attrs["checkpoint"], odd)
+    store = a_copy(results, tmp_path)
+    zarr.open_group(str(store), mode="r+").attrs["checkpoint"] = str(odd)  # the summary names it
+    report = write_report(store, tmp_path / "report", log=lambda line: None)[-1]
+    assert report.name == "summary.txt" and "caf\\udce9" in report.read_text()
+    assert not list((tmp_path / "report").glob(".*"))
