@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 
-.PHONY: install horovod slurm testdata bench-deps demo test clean
+.PHONY: install horovod slurm testdata bench-deps demo lint test test-quick clean
 
 $(BIN)/rvae: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,15 @@ bench-deps: install
 demo: install
 	$(BIN)/rvae demo --workdir rvae-demo --overwrite
 
+lint: install
+	$(BIN)/ruff check .
+
 test: install horovod slurm testdata
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+# The tests that need no cluster, MPI ranks or long training: a few minutes, for iterating.
+test-quick: install testdata
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf rvae-demo .pytest_cache

@@ -15,14 +15,16 @@ repeats every case with those training seeds (``train.seed``; default 0, the con
     python benchmarks/bench_accuracy.py --workdir /tmp/bench-accuracy
 """
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from scipy import ndimage
+from scratch import scratch
 
 ANGLES = (0.0, 8.0, -12.0, 21.0)  # degrees, counter-clockwise as displayed, one per quadrant
-TESTDATA = Path.home() / ".cache" / "rvae-hpc" / "testdata"
+TESTDATA = Path(os.environ.get("RVAE_TEST_DATA", Path.home() / ".cache" / "rvae-hpc" / "testdata"))
 
 
 def rotated_regions(image, angles=ANGLES, size=256):
@@ -100,7 +102,7 @@ def row(name, found, unrefined):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("bench-accuracy"))
+    parser.add_argument("--workdir", type=Path, default=scratch("bench-accuracy"))
     parser.add_argument("--margin", type=int, default=32,
                         help="px from region borders left out of the score (at least half the window)")
     parser.add_argument("--windows", type=int, nargs="*", default=[], help="also run the ADF case with these windows")

@@ -26,15 +26,16 @@ def arrays():
     from pipeline.synthetic import lattice_grains, rotating_diffraction
 
     found = {}
-    real = [("EDS spectrum image (bcf)", "bcf_v2_50x50px.bcf", "EDX"), ("ADF image (hdf5)", "test_ADF_cropped.hdf5", None)]
+    real = [("EDS spectrum image (bcf)", "bcf_v2_50x50px.bcf", "EDX"),
+            ("ADF image (hdf5)", "test_ADF_cropped.hdf5", None)]
     for name, file, dataset in real:
         if (TEST_DATA / file).exists():
             found[name] = read_source(TEST_DATA / file, dataset).to_dask("auto").compute()
         else:
             print(f"skipping {name}: {TEST_DATA / file} not found (make testdata)")
     rng = np.random.default_rng(0)
-    found["4D-STEM counts, uint16"] = rng.poisson(20 * rotating_diffraction(size=32, detector=128, dose=None)["data"].values
-                                                   ).astype(np.uint16)
+    patterns = rotating_diffraction(size=32, detector=128, dose=None)["data"].values
+    found["4D-STEM counts, uint16"] = rng.poisson(20 * patterns).astype(np.uint16)
     found["Poisson(200) image, uint16"] = rng.poisson(200, (4096, 4096)).astype(np.uint16)
     found["4D-STEM, float32"] = rotating_diffraction(size=32, detector=128)["data"].values
     found["lattice image, float32"] = lattice_grains(size=1024)["data"].values

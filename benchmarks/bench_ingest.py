@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from counts import fill_with_counts
 from fresh_process import measure, report
+from scratch import scratch
 
 GIB = 2**30
 DETECTOR = 128
@@ -70,7 +71,7 @@ def worker(task, source, out):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=2)
-    parser.add_argument("--workdir", type=Path, default=Path("bench-ingest"))
+    parser.add_argument("--workdir", type=Path, default=scratch("bench-ingest"))
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

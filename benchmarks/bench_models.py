@@ -151,12 +151,14 @@ def main():
             runs[f"rvae {variant}"] = train_in_subprocess(variant, args, data_path, tmp, budget=peer_time)
 
     peer_speed = runs["pyroVED iVAE(r)"][-1]["img_s"]
-    print(f"\n{'model':18} {'img/s':>7} {'x peer':>7} {'-ELBO':>7} {'|r|':>6}   {'time to |r|>=0.72 & ELBO<=207':>30}   "
+    print(f"\n{'model':18} {'img/s':>7} {'x peer':>7} {'-ELBO':>7} {'|r|':>6}   "
+          f"{'time to |r|>=0.72 & ELBO<=207':>30}   "
           f"{'in peer time (' + format(peer_time, '.0f') + ' s): epochs, -ELBO, |r|':>40}")
     for name, history in runs.items():
         fifth = history[min(args.epochs, len(history)) - 1]
         budget = ([row for row in history if row["seconds"] <= peer_time * 1.001] or history[:1])[-1]
-        print(f"{name:18} {fifth['img_s']:7.0f} {fifth['img_s'] / peer_speed:7.1f} {fifth['elbo']:7.1f} {fifth['r']:6.3f}   "
+        print(f"{name:18} {fifth['img_s']:7.0f} {fifth['img_s'] / peer_speed:7.1f} {fifth['elbo']:7.1f} "
+              f"{fifth['r']:6.3f}   "
               f"{first_reaching(history):>30}   {budget['epoch']:>24} {budget['elbo']:7.1f} {budget['r']:6.3f}")
     print(f"(img/s, -ELBO and |r| after {args.epochs} epochs; the last columns: the last epoch that ended within "
           f"pyroVED's {args.epochs}-epoch training time)")

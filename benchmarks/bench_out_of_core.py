@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from counts import fill_with_counts
 from fresh_process import measure, report
+from scratch import scratch
 
 GIB = 2**30
 
@@ -71,7 +72,7 @@ def main():
     parser.add_argument("--stride", type=int, default=128, help="grid stride of the image's windows (default: "
                         "128, 1M windows at 32 GiB; 1 for a dense map)")
     parser.add_argument("--binning", type=int, default=4, help="binning of the scan's frames (default: 4, 32x32)")
-    parser.add_argument("--workdir", type=Path, default=Path("bench-out-of-core"))
+    parser.add_argument("--workdir", type=Path, default=scratch("bench-out-of-core"))
     parser.add_argument("--keep", action="store_true", help="keep the files afterwards")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 from fresh_process import measure, report
+from scratch import scratch
 
 GIB = 2**30
 TASKS = ("raw", "direct", "bounded", "copy", "full")
@@ -133,7 +134,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 4, 8], help="cube sizes in GiB (uncompressed)")
     parser.add_argument("--kinds", nargs="+", default=["image", "4dstem"], choices=["image", "4dstem"])
-    parser.add_argument("--workdir", type=Path, default=Path("bench-patches"))
+    parser.add_argument("--workdir", type=Path, default=scratch("bench-patches"))
     parser.add_argument("--env", action="append", default=[], type=assignment, metavar="NAME=VALUE",
                         help="set in every measured process's environment (e.g. glibc's allocator tunables)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)

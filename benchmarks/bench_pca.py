@@ -12,13 +12,14 @@ Runs the demo configuration (``rvae demo``'s: 384² lattice, atom-centred window
   ``(component 1, component 2)`` scaled to the lattice's period (the best unsupervised reading
   of an angle from two components that we know of).
 
-    python benchmarks/bench_pca.py --workdir bench-pca
+    python benchmarks/bench_pca.py            # works in $TMPDIR/rvae-benchmarks/bench-pca (--workdir)
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from scratch import scratch
 
 
 def purity(features, labels, k=4, seed=0):
@@ -30,7 +31,7 @@ def purity(features, labels, k=4, seed=0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("bench-pca"))
+    parser.add_argument("--workdir", type=Path, default=scratch("bench-pca"))
     args = parser.parse_args()
 
     from pipeline.decomposition import decompose

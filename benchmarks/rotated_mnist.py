@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from mnist_data import rotated_mnist
+from scratch import scratch
 
 import models
 
@@ -133,7 +134,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--manifold-digit", type=int, default=4, help="class shown by the conditional mosaics")
     parser.add_argument("--models", nargs="+", default=list(FAMILY), choices=list(FAMILY))
-    parser.add_argument("--out", type=Path, default=Path("rotated-mnist"))
+    parser.add_argument("--out", type=Path, default=scratch("rotated-mnist"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = rotated_mnist(args.train, args.test)

@@ -16,7 +16,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-import pipeline  # noqa: E402  (registers ds.rvae)
 from pipeline.export import export_hspy  # noqa: E402
 from pipeline.results import wrap_angle  # noqa: E402
 
@@ -50,7 +49,8 @@ if cube.exists() and "grain" in xr.open_zarr(cube):
     true = np.degrees(wrap_angle(true - true[0], n))  # the same reference: the top-left position
     shape = res["recon_error"].shape
     for g in np.unique(grain):
-        found = aligned.rvae.circular_mean(where=xr.DataArray((grain == g).reshape(shape), dims=res["recon_error"].dims))
+        inside = xr.DataArray((grain == g).reshape(shape), dims=res["recon_error"].dims)
+        found = aligned.rvae.circular_mean(where=inside)
         print(f"grain {g}: true {true[grain == g][0]:6.2f} deg, rVAE {found:6.2f} deg (both relative to the "
               f"top-left grain)")
 

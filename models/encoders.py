@@ -4,7 +4,6 @@ The model decides what the features mean (Gaussian locations, raw scales, class 
 """
 import math
 
-import torch
 from torch import nn
 
 

@@ -48,7 +48,8 @@ class RVAE(PyroModule):
     """
 
     def __init__(self, image_shape, *, latent_dim=2, rotation=True, translation=False,
-                 num_classes=0, classes="given", class_weight=50.0, decoder="warp", encoder="mlp", likelihood="bernoulli",
+                 num_classes=0, classes="given", class_weight=50.0, decoder="warp", encoder="mlp",
+                 likelihood="bernoulli",
                  noise_scale=0.1, angle_prior=1.0, shift_prior=0.1, hidden=None):
         super().__init__()
         if decoder not in DECODERS:

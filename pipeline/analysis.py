@@ -94,7 +94,8 @@ class RVAEAccessor:
         if not isinstance(by, xr.DataArray) or any(by.sizes.get(d, n) != n for d, n in angle.sizes.items()) \
                 or not set(by.dims) <= set(angle.dims):
             raise ValueError(f"by= must be a DataArray of labels on the angle's dims {dict(angle.sizes)} "
-                             f"(e.g. ds.rvae.domains(n)); got {dict(by.sizes) if hasattr(by, 'sizes') else type(by).__name__}")
+                             f"(e.g. ds.rvae.domains(n)); got "
+                             f"{dict(by.sizes) if hasattr(by, 'sizes') else type(by).__name__}")
         labels = by.broadcast_like(angle).values.ravel()
         values = angle.values.ravel()
         found = np.unique(labels[~np.isnan(labels)] if labels.dtype.kind == "f" else labels)
@@ -165,7 +166,8 @@ class RVAEAccessor:
             return angle.plot(ax=ax, **style)
         ax = ax or plt.gca()
         drawn = ax.scatter(self._ds["x"], self._ds["y"], c=angle, s=style.pop("s", 6), **style)
-        ax.set(xlabel=f"x ({self._ds['x'].attrs.get('units', '')})", ylabel=f"y ({self._ds['y'].attrs.get('units', '')})",
+        units = {dim: self._ds[dim].attrs.get("units", "") for dim in ("x", "y")}
+        ax.set(xlabel=f"x ({units['x']})", ylabel=f"y ({units['y']})",
                aspect="equal")
         ax.invert_yaxis()
         plt.colorbar(drawn, ax=ax, label="rotation (degree)")

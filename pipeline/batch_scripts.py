@@ -19,10 +19,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from .sites import CONTROL
+from .stages import BY_NAME
 
-RANK_STAGES = ("train", "encode")  # one rank per GPU (or per tasks_per_node), preemptible
-CPU_STAGES = ("cube", "patches", "report")  # CPU-only: the profile's cpu_* partition, QOS, account
-DASK_STAGES = ("cube", "patches")  # a LocalCluster or dask-mpi ranks
 TEMPLATES = files("pipeline.slurm") / "templates"
 PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
 # An environment value passed through unquoted: a reference to another variable, with a plain default.
@@ -66,17 +64,17 @@ def export(key, value):
 
 def directives(stage, site, paths, runs):
     """``{name: value}`` of the stage's ``#SBATCH`` lines (True: a flag; None: left out)."""
-    array = runs > 1
+    array, kind = runs > 1, BY_NAME[stage]
     found = {"job-name": f"rvae-{stage}",
              "array": (f"0-{runs - 1}" + (f"%{site.array_limit}" if site.array_limit else "")) if array else None,
              "output": paths["logs"] / (f"{stage}-%a.log" if array else f"{stage}.log"), "open-mode": "append",
-             "time": getattr(site.time, stage), **site.for_stage(stage in CPU_STAGES), "mem": site.mem,
+             "time": getattr(site.time, stage), **site.for_stage(not kind.ranks), "mem": site.mem,
              "reservation": site.reservation, "mail-type": site.mail_type, "mail-user": site.mail_user}
-    if stage in RANK_STAGES:
+    if kind.ranks:  # one rank per GPU (or per task), preemptible
         found.update({"nodes": site.nodes, "ntasks-per-node": site.tasks_per_node,
                       "cpus-per-task": site.cpus_per_task, "gpus-per-node": site.gpus_per_node or None,
                       "gpu-bind": site.gpu_bind, "signal": f"B:USR1@{site.signal_seconds}", "requeue": True})
-    elif stage in DASK_STAGES:
+    elif kind.dask:  # a LocalCluster, or dask-mpi ranks
         found.update({"nodes": 1 if site.dask == "local" else None, "ntasks": site.dask_tasks,
                       "cpus-per-task": site.dask_cpus})
     else:
@@ -86,12 +84,12 @@ def directives(stage, site, paths, runs):
 
 def launcher(stage, site):
     """The ``srun`` that starts the stage's tasks, as a list of words."""
-    if stage in RANK_STAGES:
+    if BY_NAME[stage].ranks:
         # -c: since Slurm 22.05 srun no longer takes --cpus-per-task from the job. --wait: once one
         # rank ends the others get 60 s to follow: a crashed rank fails the job within a minute.
         return ["srun", f"--cpus-per-task={site.cpus_per_task}", "--wait=60", f"--mpi={site.mpi}",
                 *([f"--cpu-bind={site.cpu_bind}"] if site.cpu_bind else [])]
-    if stage in DASK_STAGES:
+    if BY_NAME[stage].dask:
         return ["srun", f"--cpus-per-task={site.dask_cpus}", *([f"--mpi={site.mpi}"] if site.dask == "mpi" else [])]
     return ["srun", "--cpus-per-task=1"]
 
@@ -119,5 +117,5 @@ def render(stage, site, paths, runs=1):
                        f'{shlex.quote(one_line(paths["runs"], "workdir"))})') if array else "",
         "for_run": " for $config" if array else "", "command": command}
     values["run"] = (fill((TEMPLATES / "preemptible.sh").read_text(), values).rstrip("\n")
-                     if stage in RANK_STAGES else command)
+                     if BY_NAME[stage].ranks else command)
     return fill((TEMPLATES / "stage.sbatch").read_text(), values)

@@ -13,49 +13,66 @@ import sys
 import typing
 
 from . import config as cfg
-from .run import STAGES as RUN_STAGES
 from .scheduler import SCHEDULERS
+from .stages import NAMES
 from .stores import out_of_resources
 
-DASK_STAGES = ("ingest", "patches", "encode")
 SITE_OVERRIDES = ("account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend")
+DASK_HELP = ("where Dask runs: threads, a LocalCluster, the ranks of an MPI job, or workers as SLURM jobs "
+             "(default: local)")
 
-STAGES = {
+# One command per stage: (description, [(positional, help)], configuration sections, takes --dask)
+COMMANDS = {
     "synth": ("write the embedded synthetic dataset (with ground truth) as a Zarr cube",
-              ["out"], [cfg.SyntheticConfig]),
+              [("out", "the cube to write (NAME.zarr)")], [cfg.SyntheticConfig], False),
     "ingest": ("convert a microscope file (npy, tiff, hdf5/NeXus, zarr, and every format rosettasciio reads: "
-               "dm3/dm4, emd, bcf, mib, hspy, ...) to a labelled Zarr v3 cube", ["source", "out"], [cfg.IngestConfig]),
-    "patches": ("cut the training patch stack from a cube (Dask)", ["cube", "out"], [cfg.PatchesConfig]),
-    "train": ("train an rVAE on a patch store", ["patches", "checkpoint"], [cfg.ModelConfig, cfg.TrainConfig]),
+               "dm3/dm4, emd, bcf, mib, hspy, ...) to a labelled Zarr v3 cube",
+               [("source", "the microscope file"), ("out", "the cube to write (NAME.zarr)")], [cfg.IngestConfig], True),
+    "patches": ("cut the training patch stack from a cube (Dask)",
+                [("cube", "a cube made by rvae ingest or synth"), ("out", "the patch store to write (NAME.zarr)")],
+                [cfg.PatchesConfig], True),
+    "train": ("train an rVAE on a patch store",
+              [("patches", "a patch store made by rvae patches"),
+               ("checkpoint", "the model file to write, or to resume if it is unfinished")],
+              [cfg.ModelConfig, cfg.TrainConfig], False),
     "encode": ("stream the cube through the encoder into results.zarr",
-               ["cube", "patches", "checkpoint", "out"], [cfg.EncodeConfig]),
-    "report": ("figures and a summary of results.zarr", ["results", "out"], []),
+               [("cube", "the cube the patch store was cut from"), ("patches", "the patch store"),
+                ("checkpoint", "the trained model"), ("out", "the results store to write, or to resume")],
+               [cfg.EncodeConfig], True),
+    "report": ("figures and a summary of results.zarr",
+               [("results", "a results store made by rvae encode"), ("out", "the folder to draw the report in")],
+               [], False),
 }
+SUBMISSION = [("run_dir", "the workdir of a configuration given to rvae submit")]
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="rvae", description="rotationally invariant VAEs for microscopy cubes")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, positionals, sections) in STAGES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        for arg in positionals:
-            p.add_argument(arg)
+
+    def command(name, text, positionals=(), overwrite="replace an existing output"):
+        p = sub.add_parser(name, help=text, description=text)
+        for arg, help_text in positionals:
+            p.add_argument(arg, help=help_text)
+        if overwrite:
+            p.add_argument("--overwrite", action="store_true", help=overwrite)
+        return p
+
+    for name, (text, positionals, sections, takes_dask) in COMMANDS.items():
+        p = command(name, text, positionals)
         for section in sections:
             _add_section(p, section)
-        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-        if name in DASK_STAGES:
-            p.add_argument("--dask", choices=SCHEDULERS, default="local",
-                           help="where Dask runs: threads, a LocalCluster, the ranks of an MPI job, or workers as SLURM "
-                                "jobs (default: local)")
-    p = sub.add_parser("run", help="run every stage from a YAML config")
-    p.add_argument("config")
-    p.add_argument("--stage", action="append", choices=RUN_STAGES,
+        if takes_dask:
+            p.add_argument("--dask", choices=SCHEDULERS, default="local", help=DASK_HELP)
+    p = command("run", "run the chain's stages from a YAML configuration in its workdir (each stage runs, resumes, "
+                       "or is kept when its output is up to date)",
+                [("config", "the run's YAML configuration (examples/*.yaml)")],
+                "replace existing outputs in the workdir")
+    p.add_argument("--stage", action="append", choices=NAMES,
                    help="run only this stage (repeatable); the batch jobs of rvae submit run one each")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in the workdir")
-    p = sub.add_parser("submit", help="submit the stages of a YAML config as chained SLURM jobs",
-                       description="one batch job per stage, each after the one before it succeeds; "
-                                   "scripts, logs and a manifest in WORKDIR/slurm/")
-    p.add_argument("config")
+    p = command("submit", "one SLURM batch job per stage, each after the one before it succeeds; scripts, logs and "
+                          "a record of the submission in WORKDIR/slurm/",
+                [("config", "the run's YAML configuration")], overwrite=None)
     p.add_argument("--site", default="generic",
                    help="a shipped site profile (generic, perlmutter, frontier) or the path of your own YAML "
                         "(default: generic)")
@@ -67,20 +84,15 @@ def build_parser():
                    help="print the plan (each job, its dependency, what it asks for, the node-hours it may cost) "
                         "and the sbatch commands; submit nothing")
     p.add_argument("--scripts", action="store_true", help="with --dry-run: print the batch scripts too")
-    p = sub.add_parser("export", help="results as a HyperSpy signal (.hspy) for HyperSpy, pyxem, LiberTEM",
-                       description="results as a HyperSpy signal: scan axes navigate, one signal axis over the "
-                                   "quantities (angle and std in degrees, latents, errors)")
-    p.add_argument("results")
-    p.add_argument("out", help="NAME.hspy")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    for name, text in (("status", "each stage's job, state, progress and, on failure, its log"),
-                       ("cancel", "cancel the jobs of an rvae submit")):
-        p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("run_dir", help="the config's workdir")
-    p = sub.add_parser("demo", help="synthetic lattice through every stage; prints the rotation-map error")
-    p.add_argument("--workdir", default="rvae-demo")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo's outputs")
+    command("export", "results as a HyperSpy signal (.hspy) for HyperSpy, pyxem, LiberTEM: scan axes navigate, one "
+                      "signal axis over the quantities (angle and std in degrees, latents, errors)",
+            [("results", "a results store made by rvae encode"), ("out", "NAME.hspy")])
+    command("status", "each stage's job, state, progress and, on failure, its log", SUBMISSION, overwrite=None)
+    command("cancel", "cancel the jobs of an rvae submit", SUBMISSION, overwrite=None)
+    p = command("demo", "the embedded synthetic lattice through every stage; prints where the results are and the "
+                        "rotation map's error against the known truth", overwrite="replace an earlier demo's outputs")
+    p.add_argument("--workdir", default="rvae-demo", help="where the demo's stages write (default: rvae-demo)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
     return parser
 
 
@@ -173,82 +185,110 @@ def _dispatch(args):
     kind = getattr(args, "dask", "threads")
     if args.command == "encode" and kind not in ("mpi", "slurm"):
         kind = "threads"  # blocks are read in this process (pipeline.encode): no cluster to start
-    if args.command not in STAGES:  # run and demo choose their schedulers by stage; the rest use none
+    if args.command not in COMMANDS:  # run and demo choose their schedulers by stage; the rest use none
         kind = None
-    with dask_scheduler(kind) if kind else contextlib.nullcontext():
-        _run_command(args)
-
-
-def _run_command(args):
+    if args.command == "encode":  # before any cluster starts
+        cfg.check_encode_on_dask(args.dask, **_section_values(args, cfg.EncodeConfig))
+    # Under srun/mpirun/torchrun every rank runs a command and only rank 0 talks; under --dask mpi
+    # only the client rank gets here.
     from .distributed import ClusterEnvironment
 
-    command = args.command
-    # Under srun/mpirun/torchrun every rank runs this and only rank 0 talks; under --dask mpi only
-    # the client rank gets here.
     talks = ClusterEnvironment.detect().rank == 0 or getattr(args, "dask", None) == "mpi"
-    print = builtins.print if talks else (lambda *a, **k: None)
-    if command == "synth":
-        from .synthetic import write_synthetic
+    say = builtins.print if talks else (lambda *a, **k: None)
+    with dask_scheduler(kind) if kind else contextlib.nullcontext():
+        HANDLERS[args.command](args, say)
 
-        write_synthetic(args.out, overwrite=args.overwrite, **_section_values(args, cfg.SyntheticConfig))
-        print(f"wrote {args.out}")
-    elif command == "ingest":
-        from .ingest import ingest
 
-        ds = ingest(args.source, args.out, overwrite=args.overwrite, **_section_values(args, cfg.IngestConfig))
-        print(f"wrote {args.out}: data {dict(ds['data'].sizes)}")
-    elif command == "patches":
-        from .patches import positions_to_encode, write_patches
+def _synth_command(args, say):
+    from .synthetic import write_synthetic
 
-        ds = write_patches(args.cube, args.out, overwrite=args.overwrite, **_section_values(args, cfg.PatchesConfig))
-        print(f"wrote {args.out}: {ds.sizes['sample']} samples of {ds.sizes['py']}x{ds.sizes['px']} "
-              f"({len(positions_to_encode(ds))} positions to encode)")
-    elif command == "train":
-        from .train import train
+    write_synthetic(args.out, overwrite=args.overwrite, **_section_values(args, cfg.SyntheticConfig))
+    say(f"wrote {args.out}")
 
-        train(args.patches, args.checkpoint, overwrite=args.overwrite, log=print,
-              model_options=_section_values(args, cfg.ModelConfig), **_section_values(args, cfg.TrainConfig))
-        print(f"wrote {args.checkpoint}")
-    elif command == "encode":
-        from .encode import encode_on
 
-        encode_on(args.dask, args.cube, args.patches, args.checkpoint, args.out, overwrite=args.overwrite, log=print,
-                  **_section_values(args, cfg.EncodeConfig))
-        print(f"wrote {args.out}")
-    elif command == "report":
-        from .report import write_report
+def _ingest_command(args, say):
+    from .ingest import ingest
 
-        for path in write_report(args.results, args.out, overwrite=args.overwrite):
-            print(f"wrote {path}")
-    elif command == "run":
-        from .run import run
+    ds = ingest(args.source, args.out, overwrite=args.overwrite, **_section_values(args, cfg.IngestConfig))
+    say(f"wrote {args.out}: data {dict(ds['data'].sizes)}")
 
-        config, stages = cfg.load_config(args.config), args.stage or RUN_STAGES
-        if config.dask == "mpi" and not set(stages) <= {"train", "report"}:
-            print = builtins.print  # dask-mpi's client is rank 1, and the other ranks never get here
-        run(config, stages=stages, overwrite=args.overwrite, log=print)
-    elif command == "submit":
-        from .submit import submit
 
-        overrides = {name: getattr(args, name) for name in SITE_OVERRIDES}
-        submit(cfg.load_config(args.config), args.site, inputs=args.inputs, dry_run=args.dry_run,
-               show_scripts=args.scripts, **overrides)
-    elif command == "export":
-        from .export import export_hspy
+def _patches_command(args, say):
+    from .patches import positions_to_encode, write_patches
 
-        print(f"wrote {export_hspy(args.results, args.out, overwrite=args.overwrite)}")
-    elif command == "status":
-        from .status import status
+    ds = write_patches(args.cube, args.out, overwrite=args.overwrite, **_section_values(args, cfg.PatchesConfig))
+    say(f"wrote {args.out}: {ds.sizes['sample']} samples of {ds.sizes['py']}x{ds.sizes['px']} "
+        f"({len(positions_to_encode(ds))} positions to encode)")
 
-        status(args.run_dir)
-    elif command == "cancel":
-        from .status import cancel
 
-        cancel(args.run_dir)
-    elif command == "demo":
-        from .run import demo
+def _train_command(args, say):
+    from .train import train
 
-        demo(args.workdir, epochs=args.epochs, overwrite=args.overwrite)
+    train(args.patches, args.checkpoint, overwrite=args.overwrite, log=say,
+          model_options=_section_values(args, cfg.ModelConfig), **_section_values(args, cfg.TrainConfig))
+    say(f"wrote {args.checkpoint}")
+
+
+def _encode_command(args, say):
+    from .encode import encode_on
+
+    encode_on(args.dask, args.cube, args.patches, args.checkpoint, args.out, overwrite=args.overwrite, log=say,
+              **_section_values(args, cfg.EncodeConfig))
+    say(f"wrote {args.out}")
+
+
+def _report_command(args, say):
+    from .report import write_report
+
+    for path in write_report(args.results, args.out, overwrite=args.overwrite):
+        say(f"wrote {path}")
+
+
+def _run_command(args, say):
+    from .run import run
+
+    config, stages = cfg.load_config(args.config), args.stage or NAMES
+    if config.dask == "mpi" and not set(stages) <= {"train", "report"}:
+        say = builtins.print  # dask-mpi's client is rank 1, and the other ranks never get here
+    run(config, stages=stages, overwrite=args.overwrite, log=say)
+
+
+def _submit_command(args, say):
+    from .submit import submit
+
+    overrides = {name: getattr(args, name) for name in SITE_OVERRIDES}
+    submit(cfg.load_config(args.config), args.site, inputs=args.inputs, dry_run=args.dry_run,
+           show_scripts=args.scripts, log=say, **overrides)
+
+
+def _export_command(args, say):
+    from .export import export_hspy
+
+    say(f"wrote {export_hspy(args.results, args.out, overwrite=args.overwrite)}")
+
+
+def _status_command(args, say):
+    from .status import status
+
+    status(args.run_dir, log=say)
+
+
+def _cancel_command(args, say):
+    from .status import cancel
+
+    cancel(args.run_dir, log=say)
+
+
+def _demo_command(args, say):
+    from .run import demo
+
+    demo(args.workdir, epochs=args.epochs, overwrite=args.overwrite, log=say)
+
+
+HANDLERS = {"synth": _synth_command, "ingest": _ingest_command, "patches": _patches_command,
+            "train": _train_command, "encode": _encode_command, "report": _report_command, "run": _run_command,
+            "submit": _submit_command, "export": _export_command, "status": _status_command,
+            "cancel": _cancel_command, "demo": _demo_command}
 
 
 if __name__ == "__main__":

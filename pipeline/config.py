@@ -43,71 +43,113 @@ class Section(BaseModel):
 class SyntheticConfig(Section):
     """Embedded default data with known ground truth (``rvae synth``)."""
     kind: Literal["lattice", "4dstem"] = Field("lattice", description="atomic lattice image or 4D-STEM cube")
-    size: int = Field(384, gt=15, description="image side in pixels (lattice) or scan side (4dstem)")
-    spacing: float = Field(10.0, gt=2, description="lattice spacing in pixels")
+    size: Optional[int] = Field(
+        None, gt=15, description="image side in pixels (lattice; default 384) or scan side (4dstem; default 16, at "
+                                 "most 64)")
+    spacing: Optional[float] = Field(None, gt=2, description="lattice spacing in pixels (lattice only; default 10)")
     grains: int = Field(4, ge=1, description="number of grains (Voronoi cells) with distinct rotations")
-    dose: Optional[float] = Field(200.0, gt=0, description="electrons per pixel at full intensity (shot noise); null: none")
-    drift: float = Field(0.0, description="scan drift: columns of x-shift per row of y")
+    dose: Optional[float] = Field(
+        200.0, gt=0, description="electrons per pixel at full intensity (shot noise); null: none")
+    drift: Optional[float] = Field(
+        None, description="scan drift: columns of x-shift per row of y (lattice only; default 0)")
     pixel_size: float = Field(0.03, gt=0, description="nm per pixel")
-    seed: int = 0
+    seed: int = Field(0, description="random seed of the grains' orientations and the noise")
 
 
 class IngestConfig(Section):
     """Source file to Zarr cube (``rvae ingest``)."""
     dims: Optional[str] = Field(None, description="comma-separated dim names, e.g. 'y,x,ky,kx' (default: by ndim)")
     dataset: Optional[str] = Field(None, description="HDF5 dataset path or Zarr array name inside the source")
-    pixel_size: Optional[float] = Field(None, gt=0, description="scan step in physical units (default: the file's calibration, else 1)")
+    pixel_size: Optional[float] = Field(
+        None, gt=0, description="scan step in physical units (default: the file's calibration, else 1)")
     units: Optional[str] = Field(None, description="units of the scan axes (default: the file's, else px)")
-    signal_pixel_size: Optional[float] = Field(None, gt=0, description="detector pixel (ky, kx) or energy channel in physical units, e.g. mrad or eV (default: the file's calibration, else 1); detector axes are then centred on 0")
-    signal_units: Optional[str] = Field(None, description="units of the detector or energy axes, e.g. mrad, 1/nm, eV (default: the file's, else px)")
-    shard: Optional[int] = Field(None, ge=1, description="store N x N chunks of the scan (N per scan axis) in one shard file: fewer, larger files; each write holds a whole shard in memory; none: a file per chunk")
+    signal_pixel_size: Optional[float] = Field(
+        None, gt=0, description="detector pixel (ky, kx) or energy channel in physical units, e.g. mrad or eV "
+                                "(default: the file's calibration, else 1); detector axes are then centred on 0")
+    signal_units: Optional[str] = Field(
+        None, description="units of the detector or energy axes, e.g. mrad, 1/nm, eV (default: the file's, else px)")
+    shard: Optional[int] = Field(
+        None, ge=1, description="store N x N chunks of the scan (N per scan axis) in one shard file: fewer, larger "
+                                "files; each write holds a whole shard in memory; none: a file per chunk")
 
 
 class PatchesConfig(Section):
     """Cube to training patch stack (``rvae patches``)."""
-    mode: Literal["points", "grid", "frames"] = Field("points", description="atom-centred windows, a grid of windows, or whole frames")
-    window: Union[Annotated[int, Field(ge=4)], Literal["auto"]] = Field("auto", description="window side in pixels (points, grid); auto: about 3.7 lattice spacings, the spacing read from the image's power spectrum")
+    mode: Literal["points", "grid", "frames"] = Field(
+        "points", description="atom-centred windows, a grid of windows, or whole frames")
+    window: Union[Annotated[int, Field(ge=4)], Literal["auto"]] = Field(
+        "auto", description="window side in pixels (points, grid); auto: about 3.7 lattice spacings, the spacing "
+                            "read from the image's power spectrum")
     stride: Optional[int] = Field(None, ge=1, description="grid step in pixels (default: the window)")
-    transform: Literal["none", "logfft"] = Field("none", description="per-window transform: logfft = log |FFT| of the Hann-windowed window")
+    transform: Literal["none", "logfft"] = Field(
+        "none", description="per-window transform: logfft = log |FFT| of the Hann-windowed window")
     binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
     channels: str = Field("", description="spectrum images: energy bands summed into channels, e.g. '1.2:1.6,6.2:6.6'")
-    min_distance: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="points mode: minimum distance between atom columns, pixels; auto: 0.6 lattice spacings (one column per unit cell of the brightest sublattice), else 3")
-    polarity: Literal["auto", "bright", "dark"] = Field("auto", description="points mode: atom columns are intensity maxima (bright, e.g. HAADF) or minima (dark, e.g. ABF); auto: dark where the intensities are skewed towards low values")
-    threshold: float = Field(0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
-    points: Optional[Path] = Field(None, description="points mode: CSV (or Zarr) of given positions, columns row,col (px) or y,x (physical); default: find atom columns")
+    min_distance: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="points mode: minimum distance between atom columns, pixels; auto: 0.6 lattice spacings "
+                            "(one column per unit cell of the brightest sublattice), else 3")
+    polarity: Literal["auto", "bright", "dark"] = Field(
+        "auto", description="points mode: atom columns are intensity maxima (bright, e.g. HAADF) or minima (dark, "
+                            "e.g. ABF); auto: dark where the intensities are skewed towards low values")
+    threshold: float = Field(
+        0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
+    points: Optional[Path] = Field(
+        None, description="points mode: CSV (or Zarr) of given positions, columns row,col (px) or y,x (physical); "
+                          "default: find atom columns")
     max_samples: Optional[int] = Field(20000, ge=1, description="training stack bound; 'none' keeps every position")
-    selection: Literal["random", "strided"] = Field("random", description="which positions a bounded stack keeps: random (by seed) or evenly spaced")
-    seed: int = 0
+    selection: Literal["random", "strided"] = Field(
+        "random", description="which positions a bounded stack keeps: random (by seed) or evenly spaced")
+    seed: int = Field(0, description="random seed of the positions a bounded stack keeps")
     variable: str = Field("data", description="data variable of the cube")
 
 
 class ModelConfig(Section):
     """The rVAE (``rvae train``)."""
-    latent_dim: int = Field(2, ge=1)
-    rotation: bool = True
-    translation: bool = False
-    decoder: Literal["warp", "spatial", "broadcast"] = "warp"
-    encoder: Literal["mlp", "conv"] = "mlp"
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    latent_dim: int = Field(2, ge=1, description="content latents z (besides the angle and shifts)")
+    rotation: bool = Field(True, description="an angle latent absorbs each window's in-plane rotation")
+    translation: bool = Field(False, description="two shift latents absorb each window's offset")
+    decoder: Literal["warp", "spatial", "broadcast"] = Field(
+        "warp", description="warp: a canonical image decoded once and turned (fast); spatial: the article's MLP of "
+                            "pixel coordinates; broadcast: a spatial-broadcast conv decoder")
+    encoder: Literal["mlp", "conv"] = Field("mlp", description="fully connected or convolutional encoder")
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        "bernoulli", description="how windows (normalised to [0, 1]) are scored: Bernoulli cross-entropy, as in the "
+                                 "article, or Gaussian")
     noise_scale: Optional[float] = Field(0.1, gt=0, description="gaussian likelihood width; null: learned")
     angle_prior: float = Field(1.0, gt=0, description="prior width of the angle latent, radians")
     shift_prior: float = Field(0.1, gt=0, description="prior width of the shift latents, half-windows")
-    hidden: Optional[tuple[Annotated[int, Field(ge=1, le=8192)], ...]] = Field(None, min_length=1, description="decoder MLP widths, e.g. 256,256, each 1 to 8192 (default: 256,256 warp; 96,96,96 spatial)")
+    hidden: Optional[tuple[Annotated[int, Field(ge=1, le=8192)], ...]] = Field(
+        None, min_length=1, description="decoder MLP widths, e.g. 256,256, each 1 to 8192 (default: 256,256 warp; "
+                                        "96,96,96 spatial)")
 
 
 class TrainConfig(Section):
-    epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="passes over the patch store; auto: 30, or more for a small stack so that training takes at least 300 optimizer steps")
-    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="samples per step on each rank; auto: 128, or half of each rank's share of a smaller stack")
-    lr: float = Field(1e-3, gt=0)
-    restarts: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field("auto", description="starts tried (seeds seed, seed+1000, ...), each trained for 15% of the steps; the one with the lowest loss is trained on; auto: 3 for a stack small enough that epochs auto trains longer than 30 epochs (where a start can leave the angle collapsed to its prior), else 1")
-    kl_warmup: float = Field(0.3, ge=0, lt=1, description="fraction of the training steps over which the latents' KL weight rises from 0.01 to 1 (against the angle collapsing to the prior); 0: the plain ELBO throughout")
-    seed: int = 0
+    epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="passes over the patch store; auto: 30, or more for a small stack so that training takes "
+                            "at least 300 optimizer steps")
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="samples per step on each rank; auto: 128, or half of each rank's share of a smaller "
+                            "stack")
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate")
+    restarts: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="starts tried (seeds seed, seed+1000, ...), each trained for 15% of the steps; the one "
+                            "with the lowest loss is trained on; auto: 3 for a stack small enough that epochs auto "
+                            "trains longer than 30 epochs (where a start can leave the angle collapsed to its "
+                            "prior), else 1")
+    kl_warmup: float = Field(
+        0.3, ge=0, lt=1, description="fraction of the training steps over which the latents' KL weight rises from "
+                                     "0.01 to 1 (against the angle collapsing to the prior); 0: the plain ELBO "
+                                     "throughout")
+    seed: int = Field(0, description="random seed of the model's initial weights, the batches and the ELBO's samples")
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
-    backend: Literal["none", "ddp", "horovod"] = Field("none", description="data-parallel backend (launch ranks with srun, mpirun, torchrun or horovodrun)")
-    compression: Literal["none", "fp16"] = Field("none", description="gradient allreduce in fp16: half the bytes per step")
+    backend: Literal["none", "ddp", "horovod"] = Field(
+        "none", description="data-parallel backend (launch ranks with srun, mpirun, torchrun or horovodrun)")
+    compression: Literal["none", "fp16"] = Field(
+        "none", description="gradient allreduce in fp16: half the bytes per step")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward pass (GPU)")
     compile: bool = Field(False, description="torch.compile the model")
-    checkpoint_every: Optional[int] = Field(None, ge=1, description="also checkpoint every N steps (always: each epoch, and on SIGTERM/SIGUSR1)")
+    checkpoint_every: Optional[int] = Field(
+        None, ge=1, description="also checkpoint every N steps (always: each epoch, and on SIGTERM/SIGUSR1)")
     timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")
 
 
@@ -116,10 +158,14 @@ MAX_SYMMETRY = 24  # n-fold orders beyond crystals' 2, 3, 4, 6 and quasicrystals
 
 class EncodeConfig(Section):
     """Stream the cube through the encoder (``rvae encode``)."""
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(1024, ge=1, description="windows through the model at a time")
     block: int = Field(4096, ge=1, description="samples per streamed block (a results chunk)")
-    symmetry: Union[Annotated[int, Field(ge=1, le=MAX_SYMMETRY)], Literal["auto"]] = Field("auto", description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]; auto: the lattice's, as the patch stage read it from the image (else 1)")
-    refine: bool = Field(True, description="refine each window's angle against the trained decoder (a search over one symmetry period, scored on the window's inscribed disc); false: the encoder's angle as it is")
+    symmetry: Union[Annotated[int, Field(ge=1, le=MAX_SYMMETRY)], Literal["auto"]] = Field(
+        "auto", description="n-fold symmetry: angles wrapped to (-pi/n, pi/n]; auto: the lattice's, as the patch "
+                            "stage read it from the image (else 1)")
+    refine: bool = Field(
+        True, description="refine each window's angle against the trained decoder (a search over one symmetry "
+                          "period, scored on the window's inscribed disc); false: the encoder's angle as it is")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the model (GPU)")
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
     timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")
@@ -128,7 +174,8 @@ class EncodeConfig(Section):
 class RunConfig(Section):
     """``rvae run CONFIG``: the whole chain in ``workdir``."""
     workdir: Path = Path("rvae-run")
-    dask: Literal["threads", "local", "mpi", "slurm"] = Field("local", description="where the Dask stages run (pipeline.scheduler)")
+    dask: Literal["threads", "local", "mpi", "slurm"] = Field(
+        "local", description="where the Dask stages run (pipeline.scheduler)")
     input: Optional[Path] = Field(None, description="source file or Zarr cube; null: generate synthetic data")
     synthetic: SyntheticConfig = SyntheticConfig()
     ingest: IngestConfig = IngestConfig()
@@ -138,10 +185,25 @@ class RunConfig(Section):
     encode: EncodeConfig = EncodeConfig()
 
     @model_validator(mode="after")
-    def _frames_need_no_window(self):
+    def _settings_that_apply(self):
         if self.patches.mode == "frames" and self.patches.transform != "none":
             raise ValueError("patches.transform applies to 'points' and 'grid' windows, not to 'frames'")
+        check_encode_on_dask(self.dask, **self.encode.model_dump())
         return self
+
+
+def check_encode_on_dask(dask, *, precision="fp32", threads=None, timeout=300, **_):
+    """Refuse encode settings that cannot apply on Dask workers (``--dask mpi|slurm``: every block
+    a task of one torch thread in fp32): ``ValueError`` naming them."""
+    if dask not in ("mpi", "slurm"):
+        return
+    ignored = [name for name, value, default in (("precision", precision, "fp32"), ("threads", threads, None),
+                                                 ("timeout", timeout, 300)) if value != default]
+    if ignored:
+        raise ValueError(f"encode on Dask workers (dask: {dask}) runs each block as a task of one torch thread in "
+                         f"fp32: encode {', '.join(ignored)} cannot apply there; leave "
+                         f"{'them' if len(ignored) > 1 else 'it'} out, or encode on ranks (srun, mpirun or torchrun "
+                         f"rvae encode) instead")
 
 
 def format_validation_error(err, section=None):

@@ -34,8 +34,9 @@ from models.refinement import refine_angles
 
 from . import provenance
 from .compression import results_codecs
-from .distributed import ClusterEnvironment, make_strategy
+from .config import check_encode_on_dask
 from .cube_regions import RegionReader
+from .distributed import ClusterEnvironment, make_strategy
 from .lattice import orientation
 from .patches import check_cube, positions_to_encode, region_bounds
 from .preemption import Preempted, PreemptionFlag
@@ -187,17 +188,18 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_path, batch_size, block,
-                                symmetry, refine, precision, overwrite, reuse, config_text, variable,
-                                log if strategy.is_main else (lambda line: None))
+        job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
+                        refine=refine, variable=variable, config_text=config_text)
+        return _encode_on_ranks(strategy, job, batch_size=batch_size, precision=precision, overwrite=overwrite,
+                                reuse=reuse, log=log if strategy.is_main else (lambda line: None))
     finally:
         strategy.shutdown()
 
 
-def _encode_on_ranks(strategy, cube_path, patches_path, checkpoint_path, out_path, batch_size, block, symmetry,
-                     refine, precision, overwrite, reuse, config_text, variable, log):
-    job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
-                    refine=refine, variable=variable, config_text=config_text)
+def _encode_on_ranks(strategy, job, *, batch_size, precision, overwrite, reuse, log):
+    """Every rank's share of ``job``'s unfinished blocks: rank 0 opens or creates the store, each
+    rank reads, encodes and writes its blocks (one ahead, one behind), rank 0 marks it complete."""
+    out_path = job.out_path
     device = strategy.device
     job.model.to(device)
     with contextlib.ExitStack() as stack:
@@ -289,6 +291,7 @@ def encode_on(dask, *paths, precision="fp32", threads=None, timeout=300, **optio
     launch's ranks (:func:`encode`)."""
     if dask not in ("mpi", "slurm"):
         return encode(*paths, precision=precision, threads=threads, timeout=timeout, **options)
+    check_encode_on_dask(dask, precision=precision, threads=threads, timeout=timeout)
     from distributed import get_client
 
     return encode_with_dask(get_client(), *paths, **options)

@@ -22,8 +22,16 @@ import xarray as xr
 
 from .compression import cube_codecs
 from .scheduler import compute
-from .stores import (check_distinct, check_chunks, check_writable, open_store, reading, record_chunks,
-                     records_match, staged_output)
+from .stores import (
+    check_chunks,
+    check_distinct,
+    check_writable,
+    open_store,
+    reading,
+    record_chunks,
+    records_match,
+    staged_output,
+)
 
 CHUNK_BYTES = 32 * 2**20
 DEFAULT_DIMS = {2: ("y", "x"), 4: ("y", "x", "ky", "kx")}
@@ -155,6 +163,7 @@ def read_tiff(path, dataset=None):
 
 def read_hdf5(path, dataset=None):
     import h5py
+
     # registers the filters detector files are compressed with (Bitshuffle-LZ4, Blosc, Zstd, ...)
     import hdf5plugin  # noqa: F401
 
@@ -289,7 +298,8 @@ def label(source, *, dims=None, pixel_size=None, units=None, signal_pixel_size=N
             dims = DEFAULT_DIMS[array.ndim]
     dims = tuple(dims)
     if len(dims) != array.ndim:
-        raise ValueError(f"--dims names {len(dims)} axes ({','.join(dims)}) but the data has {array.ndim}: {array.shape}")
+        raise ValueError(f"--dims names {len(dims)} axes ({','.join(dims)}) but the data has {array.ndim}: "
+                         f"{array.shape}")
     if len(set(dims)) < len(dims):
         raise ValueError(f"--dims names an axis twice ({','.join(dims)}); each name once, e.g. 'frame,y,x'")
     if not {"y", "x"} <= set(dims):

@@ -25,8 +25,16 @@ import zarr
 from . import provenance
 from .compression import patch_codecs
 from .scheduler import compute
-from .stores import (check_distinct, check_writable, open_cube, open_store, reading, record_chunks,
-                     records_match, staged_output)
+from .stores import (
+    check_distinct,
+    check_writable,
+    open_cube,
+    open_store,
+    reading,
+    record_chunks,
+    records_match,
+    staged_output,
+)
 from .windows import ScanGrid, WindowSpec, inside, window_bounds
 
 # min_distance="auto", in lattice spacings: a column's search box then holds none of the other sublattices'
@@ -225,7 +233,8 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
     lattice = {} if mode == "frames" else lattice_attrs(cube)
     window, choice = choose_window(window, mode, lattice, cube.shape[:2])
     if min_distance == "auto":
-        min_distance = max(3, round(COLUMN_SEPARATION * lattice["lattice_spacing"])) if "lattice_spacing" in lattice else 3
+        spacing = lattice.get("lattice_spacing")
+        min_distance = max(3, round(COLUMN_SEPARATION * spacing)) if spacing else 3
     positions, columns = plan_positions(cube, mode=mode, window=window, stride=stride, min_distance=min_distance,
                                         threshold=threshold, polarity=polarity, points=points)
     spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
@@ -250,8 +259,9 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
     if isinstance(positions, ScanGrid):
         encoded, layout = {}, positions.to_attrs()
     else:
-        encoded = {f"position_{name}": ("position", positions[:, i], {
-            "units": "px", "long_name": f"{name} of every position to encode"}) for i, name in enumerate(("row", "col"))}
+        encoded = {f"position_{name}": ("position", positions[:, i],
+                                         {"units": "px", "long_name": f"{name} of every position to encode"})
+                   for i, name in enumerate(("row", "col"))}
         layout = {}
     return xr.Dataset(
         {"patches": (("sample", "channel", "py", "px"), raw,

@@ -1,8 +1,9 @@
 """Progress of long Dask computations: Dask's own bars on a terminal, timestamped lines in a log.
 
 A batch job's log is a file: a carriage-return bar there is one endless line of escape codes, so
-when stderr is not a terminal progress is printed as a line every 10 % (and at most every
-``every`` seconds otherwise), with the time of day and the time so far.
+when stderr is not a terminal progress is printed as a line every 10 % (and, between those, a
+line whenever a task ends ``every`` seconds or more after the last line), with the time of day and
+the time so far.
 """
 import sys
 import time
@@ -26,8 +27,8 @@ def on_terminal():
 
 
 class ProgressLog:
-    """Timestamped progress lines: one per 10 % of the work (and at least every ``every`` s),
-    none before ``minimum`` s have passed."""
+    """Timestamped progress lines: one per 10 % of the work, and one for an update ``every`` s or
+    more after the last line; none before ``minimum`` s have passed."""
 
     def __init__(self, total, minimum=2.0, every=60.0, out=None):
         self.total, self.minimum, self.every, self.out = max(total, 1), minimum, every, out or sys.stdout

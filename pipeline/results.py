@@ -81,12 +81,13 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
     data = {
         "z": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent mean"}),
         "z_std": (("latent", *plan.dims), empty(latent), {"units": "1", "long_name": "latent posterior std"}),
-        "recon_error": (plan.dims, empty(), {"units": "1", "long_name": "mean squared reconstruction error (normalised)"}),
+        "recon_error": (plan.dims, empty(), {"units": "1",
+                                             "long_name": "mean squared reconstruction error (normalised)"}),
     }
     if model.rotation:
         refined = "refined against the decoder, " if attrs.get("refined") else ""
-        data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": f"rotation, counter-clockwise, {refined}wrapped to (-pi/{symmetry}, pi/{symmetry}]",
-                                               "valid_range": [-half, half]})
+        name = f"rotation, counter-clockwise, {refined}wrapped to (-pi/{symmetry}, pi/{symmetry}]"
+        data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": name, "valid_range": [-half, half]})
         data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
     if reference_symmetry:
         n = reference_symmetry
@@ -95,7 +96,8 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
                                         f"wrapped to (-pi/{n}, pi/{n}]", "valid_range": [-np.pi / n, np.pi / n],
             "symmetry": n})
         data["reference_confidence"] = (plan.dims, empty(), {
-            "units": "1", "long_name": "classical reference: strength of the ring's n-fold harmonic (0 none, 1 perfect)"})
+            "units": "1",
+            "long_name": "classical reference: strength of the ring's n-fold harmonic (0 none, 1 perfect)"})
     if model.translation:
         for axis in ("y", "x"):
             data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})

@@ -2,19 +2,10 @@
 from pathlib import Path
 
 from .config import EncodeConfig, RunConfig, as_run
+from .stages import BY_NAME, NAMES, is_cube, stage_paths
 
 
-def stage_paths(workdir):
-    work = Path(workdir)
-    return {"cube": work / "cube.zarr", "patches": work / "patches.zarr", "checkpoint": work / "model.ckpt",
-            "results": work / "results.zarr", "report": work / "report"}
-
-
-STAGES = ("cube", "patches", "train", "encode", "report")  # in order; "cube" is synth or ingest
-DASK_STAGES = {"cube", "patches"}  # encode too, but only on a cluster of its own (mpi, slurm)
-
-
-def run(config, *, stages=STAGES, overwrite=False, progress=True, log=print):
+def run(config, *, stages=NAMES, overwrite=False, progress=True, log=print):
     """Run ``stages`` of the chain (by default all: ingest or synth, patches, train, encode, report)
     in ``config.workdir``; returns the paths.
 
@@ -25,20 +16,20 @@ def run(config, *, stages=STAGES, overwrite=False, progress=True, log=print):
     """
     from .scheduler import dask_scheduler
 
-    unknown = [name for name in stages if name not in STAGES]
+    unknown = [name for name in stages if name not in NAMES]
     if unknown:
-        raise ValueError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(STAGES)}")
-    uses_dask = DASK_STAGES.intersection(stages) or (config.dask in ("mpi", "slurm") and "encode" in stages)
+        raise ValueError(f"unknown stage {unknown[0]!r}; the stages are {', '.join(NAMES)}")
+    uses_dask = any(BY_NAME[name].dask for name in stages) or (config.dask in ("mpi", "slurm") and "encode" in stages)
     paths = stage_paths(config.workdir)
     if config.input is not None and is_cube(config.input):
         paths["cube"] = Path(config.input)
     with dask_scheduler(config.dask if uses_dask else "threads"):
-        for name in (name for name in STAGES if name in stages):
+        for name in (name for name in NAMES if name in stages):
             RUNNERS[name](config, paths, overwrite, progress, log)
     return paths
 
 
-def _cube(config, paths, overwrite, progress, log):
+def _run_cube(config, paths, overwrite, progress, log):
     from .ingest import ingest
     from .synthetic import write_synthetic
 
@@ -52,7 +43,7 @@ def _cube(config, paths, overwrite, progress, log):
                **config.ingest.model_dump())
 
 
-def _patches(config, paths, overwrite, progress, log):
+def _run_patches(config, paths, overwrite, progress, log):
     from .patches import write_patches
 
     log(f"[patches] {config.patches.mode} windows -> {paths['patches']}")
@@ -60,7 +51,7 @@ def _patches(config, paths, overwrite, progress, log):
                   log=log, **config.patches.model_dump())
 
 
-def _train(config, paths, overwrite, progress, log):
+def _run_train(config, paths, overwrite, progress, log):
     from .train import train
 
     log(f"[train] -> {paths['checkpoint']}")
@@ -68,7 +59,7 @@ def _train(config, paths, overwrite, progress, log):
           overwrite=overwrite, reuse=not overwrite, log=log, **config.train.model_dump())
 
 
-def _encode(config, paths, overwrite, progress, log):
+def _run_encode(config, paths, overwrite, progress, log):
     from .encode import encode_on
 
     log(f"[encode] -> {paths['results']}")
@@ -77,7 +68,7 @@ def _encode(config, paths, overwrite, progress, log):
               **config.encode.model_dump())
 
 
-def _report(config, paths, overwrite, progress, log):
+def _run_report(config, paths, overwrite, progress, log):
     from .report import write_report
 
     log(f"[report] -> {paths['report']}")
@@ -89,13 +80,8 @@ def _report(config, paths, overwrite, progress, log):
         write_report(paths["results"], paths["report"], overwrite=overwrite, log=log)
 
 
-RUNNERS = {"cube": _cube, "patches": _patches, "train": _train, "encode": _encode, "report": _report}
-
-
-def is_cube(path):
-    """A Zarr store this pipeline can read directly (it has a ``data`` variable)."""
-    path = Path(path)
-    return path.is_dir() and (path / "data").is_dir()
+RUNNERS = {"cube": _run_cube, "patches": _run_patches, "train": _run_train, "encode": _run_encode,
+           "report": _run_report}
 
 
 def demo_config(workdir="rvae-demo", epochs=20):

@@ -29,41 +29,49 @@ def dask_scheduler(kind="local"):
         raise ValueError(f"--dask {kind!r} is not one of {', '.join(SCHEDULERS)}")
     if kind != "mpi":
         match_zarr_pool(os.cpu_count())
-    if kind == "threads":
-        import dask
-        import dask.threaded
+    with CLUSTERS[kind]() as client:
+        yield client
 
-        # Without a cluster Dask still imports distributed (~0.5 s) to look for a client: when the
-        # scheduler is named rather than given as a callable, and when it chooses a rechunk method.
-        with dask.config.set({"scheduler": dask.threaded.get, "array.rechunk.method": "tasks"}):
-            yield None
-        return
+
+@contextmanager
+def _threads():
+    import dask
+    import dask.threaded
+
+    # Without a cluster Dask still imports distributed (~0.5 s) to look for a client: when the
+    # scheduler is named rather than given as a callable, and when it chooses a rechunk method.
+    with dask.config.set({"scheduler": dask.threaded.get, "array.rechunk.method": "tasks"}):
+        yield None
+
+
+@contextmanager
+def _local_cluster():
     from distributed import Client, LocalCluster
 
-    if kind == "slurm":
-        yield from _slurm_cluster()
-        return
-    if kind == "local":
-        # Task errors reach this process as exceptions (and become one-line errors); the cluster's
-        # own logs of them, and of a progress bar's feed cancelled at shutdown, would only repeat them.
-        quiet = logging.getLogger("distributed")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)
-        # Futures that distributed's comms abandon at shutdown (a BatchedSend's wake-up timeout) are
-        # reported by asyncio when garbage-collected, which may be at interpreter exit, after this
-        # context: that logger stays quiet for the rest of the process.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        try:
-            # No dashboard; the scheduler's own HTTP endpoint on a free port, not 8787: a second rvae
-            # on the node would otherwise print a port-in-use warning.
-            with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
-                              dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"}
-                              ) as cluster, Client(cluster) as client:
-                yield client
-        finally:
-            quiet.setLevel(level)
-        return
+    # Task errors reach this process as exceptions (and become one-line errors); the cluster's
+    # own logs of them, and of a progress bar's feed cancelled at shutdown, would only repeat them.
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    # Futures that distributed's comms abandon at shutdown (a BatchedSend's wake-up timeout) are
+    # reported by asyncio when garbage-collected, which may be at interpreter exit, after this
+    # context: that logger stays quiet for the rest of the process.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    try:
+        # No dashboard; the scheduler's own HTTP endpoint on a free port, not 8787: a second rvae
+        # on the node would otherwise print a port-in-use warning.
+        with LocalCluster(processes=False, n_workers=1, threads_per_worker=os.cpu_count(),
+                          dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"}
+                          ) as cluster, Client(cluster) as client:
+            yield client
+    finally:
+        quiet.setLevel(level)
+
+
+@contextmanager
+def _mpi_cluster():
     import dask_mpi
+    from distributed import Client
     from mpi4py import MPI
 
     if MPI.COMM_WORLD.Get_size() < 3:
@@ -81,6 +89,7 @@ def dask_scheduler(kind="local"):
 SLURM_WORKER = {"cores": 1, "memory": "2GiB", "walltime": "01:00:00"}  # where jobqueue.slurm.* says nothing
 
 
+@contextmanager
 def _slurm_cluster():
     import dask
     from dask_jobqueue import SLURMCluster
@@ -91,6 +100,9 @@ def _slurm_cluster():
     with SLURMCluster(**unset) as cluster, Client(cluster) as client:
         cluster.adapt(minimum_jobs=1, maximum_jobs=dask.config.get("rvae.slurm.max_jobs", 4))
         yield client
+
+
+CLUSTERS = {"threads": _threads, "local": _local_cluster, "mpi": _mpi_cluster, "slurm": _slurm_cluster}
 
 
 def match_zarr_pool(threads):

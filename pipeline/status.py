@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from .manifest import read_submissions
-from .run import stage_paths
+from .stages import stage_paths
 
 DONE = ("COMPLETED",)
 # CANCELLED is a user's (or an administrator's) decision, not a failure of the stage
@@ -29,7 +29,8 @@ def job_state(job_id):
     if shown.returncode == 0:
         fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout))
         reason = fields.get("Reason", "")
-        return fields.get("JobState", "UNKNOWN"), "" if reason == "None" else reason, fields.get("ExitCode", "").split(":")[0]
+        code = fields.get("ExitCode", "").split(":")[0]
+        return fields.get("JobState", "UNKNOWN"), "" if reason == "None" else reason, code
     accounted = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"], capture_output=True,
                                text=True)
     if accounted.returncode == 0 and accounted.stdout.strip():
@@ -39,7 +40,7 @@ def job_state(job_id):
 
 
 def run_paths(config_path):
-    """The outputs (:func:`pipeline.run.stage_paths`) of the run a submitted configuration describes."""
+    """The outputs (:func:`pipeline.stages.stage_paths`) of the run a submitted configuration describes."""
     from .config import load_config
 
     return stage_paths(load_config(config_path).workdir)

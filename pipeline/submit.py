@@ -2,8 +2,10 @@
 
 Each stage (cube, patches, train, encode, report) gets a batch script in ``WORKDIR/slurm/``,
 asking for what that stage needs on the site (:mod:`pipeline.sites`): the Dask stages one task
-with a node's cores (or dask-mpi ranks), training and encoding one rank per GPU (or per
-``tasks_per_node``) under ``srun``, the report one core. Every script runs ``rvae run
+with the profile's ``dask_cpus`` cores (or ``dask_tasks`` dask-mpi ranks), training and encoding
+one rank per GPU (or per ``tasks_per_node``) under ``srun``, the report one core; the CPU-only
+stages on the profile's ``cpu_*`` partition, QOS and account where it names them. Every script
+is rendered from ``slurm/templates/`` (:mod:`pipeline.batch_scripts`) and runs ``rvae run
 WORKDIR/slurm/run.yaml --stage NAME`` (the submitted configuration, paths made absolute), so a
 script can be read, edited and ``sbatch``-ed by hand. Jobs are chained with
 ``--dependency=afterok``: a failed stage leaves the ones after it never runnable, and SLURM
@@ -13,7 +15,9 @@ Training and encoding jobs ask for ``--signal=B:USR1@<s>`` and ``--requeue``: th
 the signal to the ranks, which save (a checkpoint; written blocks) and exit 75, and the script
 then requeues its own job, which resumes where it stopped; the chain waits for it. Logs go to
 ``WORKDIR/slurm/logs/STAGE.log``, appended across requeues. ``WORKDIR/slurm/manifest.json``
-records the site, the scripts, the job ids and the configuration (``rvae status`` reads it).
+records every submission: the site, the scripts, the job ids and the configuration
+(:mod:`pipeline.manifest`; ``rvae status`` reads the latest). ``--dry-run`` prints the plan
+(:func:`plan`): each job, what it waits for, what it asks for and the node-hours it may cost.
 
 A campaign (``--inputs`` FILE...) is one run per file, each in ``WORKDIR/<file stem>``: every
 stage is one job array, task i after task i of the stage before (``aftercorr``).
@@ -23,11 +27,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from .batch_scripts import RANK_STAGES, directives, render
+from .batch_scripts import directives, render
 from .config import to_yaml
 from .manifest import StageJob, Submission, read_submissions, submission_paths, write_submissions
-from .run import STAGES, is_cube
 from .sites import load_site
+from .stages import BY_NAME, NAMES, is_cube
 
 
 def campaign(config, inputs):
@@ -54,7 +58,7 @@ def prepare(config, site):
 
 def stages_of(config):
     """The stages this configuration needs (a given Zarr cube needs no cube stage)."""
-    return [s for s in STAGES if not (s == "cube" and config.input is not None and is_cube(config.input))]
+    return [s for s in NAMES if not (s == "cube" and config.input is not None and is_cube(config.input))]
 
 
 def time_hours(limit):
@@ -77,10 +81,11 @@ def plan(stages, site, runs=1):
     for stage in stages:
         asked = directives(stage, site, {"logs": Path()}, runs)
         tasks, cpus = asked.get("ntasks") or site.ranks, asked["cpus-per-task"]
-        gpus = site.gpus_per_node * site.nodes if stage in RANK_STAGES else 0
+        gpus = site.gpus_per_node * site.nodes if BY_NAME[stage].ranks else 0
         # dask-mpi's tasks go where SLURM puts them: count the nodes their cores fill at the least
         nodes = asked.get("nodes") or max(1, -(-tasks * cpus // node_cores))
-        rows.append({"stage": stage, "after": f"{'aftercorr' if runs > 1 else 'afterok'}:{previous}" if previous else "",
+        after = f"{'aftercorr' if runs > 1 else 'afterok'}:{previous}" if previous else ""
+        rows.append({"stage": stage, "after": after,
                      "ranks": tasks, "cpus": cpus, "gpus": gpus, "time": asked["time"], "nodes": nodes,
                      "node_hours": nodes * time_hours(asked["time"]) * runs})
         previous = stage
@@ -89,7 +94,8 @@ def plan(stages, site, runs=1):
 
 def describe_plan(rows, site, run_dir, runs=1):
     """The plan as lines of text: a table, then the total."""
-    lines = [f"plan for {run_dir} on site {site.name}" + (f", a campaign of {runs} runs (job arrays)" if runs > 1 else ""),
+    campaign = f", a campaign of {runs} runs (job arrays)" if runs > 1 else ""
+    lines = [f"plan for {run_dir} on site {site.name}{campaign}",
              f"  {'stage':8} {'after':18} {'tasks x CPUs':>12} {'GPUs':>5} {'nodes':>5} {'time':>11} "
              f"{'node-hours at most':>19}"]
     for row in rows:
@@ -101,7 +107,8 @@ def describe_plan(rows, site, run_dir, runs=1):
 
 
 def sbatch_command(script, dependency=""):
-    return ["sbatch", "--parsable", "--kill-on-invalid-dep=yes", *([f"--dependency={dependency}"] if dependency else []),
+    return ["sbatch", "--parsable", "--kill-on-invalid-dep=yes",
+            *([f"--dependency={dependency}"] if dependency else []),
             str(script)]
 
 
@@ -118,7 +125,7 @@ def submit(config, site_name, *, inputs=None, dry_run=False, show_scripts=False,
     site = load_site(site_name, **site_overrides)
     paths = submission_paths(config.workdir)
     runs = [prepare(c, site) for c in (campaign(config, inputs) if inputs else [config])]
-    stages = STAGES if inputs else stages_of(runs[0])
+    stages = NAMES if inputs else stages_of(runs[0])
     scripts = {stage: render(stage, site, paths, len(runs) if inputs else 1) for stage in stages}
     rows = plan(stages, site, len(runs) if inputs else 1)
     if dry_run:

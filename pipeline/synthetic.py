@@ -130,7 +130,8 @@ def rotating_diffraction(*, size=16, detector=32, grains=4, dose=200.0, pixel_si
     scan = {"units": "nm", "long_name": "scan position"}
     recip = {"units": "px", "long_name": "detector pixel"}
     return xr.Dataset(
-        {"data": (("y", "x", "ky", "kx"), cube.astype(np.float32), {"units": "counts", "long_name": "diffracted intensity"}),
+        {"data": (("y", "x", "ky", "kx"), cube.astype(np.float32),
+                  {"units": "counts", "long_name": "diffracted intensity"}),
          "true_angle": (("y", "x"), angles[labels].astype(np.float32),
                         {"units": "rad", "long_name": "true pattern rotation (counter-clockwise)"}),
          "grain": (("y", "x"), labels.astype(np.int16), {"long_name": "grain index"})},
@@ -140,6 +141,9 @@ def rotating_diffraction(*, size=16, detector=32, grains=4, dose=200.0, pixel_si
                 "kx": ("kx", np.arange(detector) - centre, recip)},
         attrs={"source": "rvae-hpc synthetic 4D-STEM", "symmetry": 6,
                "grain_angles_deg": np.degrees(angles).round(3).tolist(), "seed": seed})
+
+
+SYNTH_DEFAULTS = {"lattice": {"size": 384, "spacing": 10.0, "drift": 0.0}, "4dstem": {"size": 16}}
 
 
 def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=print, **params):
@@ -154,9 +158,16 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=p
     from .stores import open_store, record_chunks, records_match, staged_output
 
     make = {"lattice": lattice_grains, "4dstem": rotating_diffraction}[kind]
+    given = {key: value for key, value in params.items() if value is not None or key == "dose"}
     if kind == "4dstem":
-        params = {k: v for k, v in params.items() if k in ("size", "grains", "dose", "pixel_size", "seed")}
-        params["size"] = min(params.get("size", 16), 64)
+        wrong = sorted({"spacing", "drift"} & given.keys())
+        if wrong:
+            raise ValueError(f"synth --kind 4dstem has no {' or '.join(wrong)} (only the lattice image has); leave "
+                             f"{'them' if len(wrong) > 1 else 'it'} out")
+        if given.get("size", 16) > 64:
+            raise ValueError(f"synth --kind 4dstem: size {given['size']} is the scan side, at most 64 (every scan "
+                             f"position holds a 64 x 64 pattern in memory)")
+    params = {**SYNTH_DEFAULTS[kind], **given}
     record = {"synthetic": json.dumps({"kind": kind, **params}, sort_keys=True)}
     if reuse and records_match(path, record):
         log(f"{path}: up to date (made with these parameters), kept")

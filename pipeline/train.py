@@ -13,6 +13,7 @@ the next step boundary and exits with :data:`~pipeline.preemption.PREEMPTED_EXIT
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,6 @@ from .preemption import Preempted, PreemptionFlag
 from .progress import format_duration
 from .provenance import store_fingerprint
 from .stores import check_distinct, check_writable, output_lock, writing
-
 
 # epochs="auto": this many, or enough for MIN_STEPS optimizer steps: an image of a few hundred atom
 # columns makes a stack of a few batches, and 30 epochs of it leave the rVAE's decoder unconverged
@@ -49,6 +49,21 @@ def kl_weight(step, steps, warmup):
     return 1.0 if warmup == 0 else min(1.0, max(0.01, (step + 1) / (warmup * steps)))
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """What :func:`train` was asked for ("auto" where it decides)."""
+    epochs: object = "auto"
+    batch_size: object = "auto"
+    lr: float = 1e-3
+    restarts: object = "auto"
+    kl_warmup: float = KL_WARMUP
+    seed: int = 0
+    threads: object = None
+    precision: str = "fp32"
+    compile: bool = False
+    checkpoint_every: object = None
+
+
 def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", batch_size="auto", lr=1e-3,
           restarts="auto", kl_warmup=KL_WARMUP, seed=0, threads=None, backend="none", compression="none",
           precision="fp32", compile=False, checkpoint_every=None, timeout=300, overwrite=False, reuse=False, log=print):
@@ -65,112 +80,143 @@ def train(patches_path, checkpoint_path, *, model_options=None, epochs="auto", b
     check_distinct([checkpoint_path], [patches_path])
     if Path(checkpoint_path).is_dir():
         raise IsADirectoryError(f"checkpoint {str(checkpoint_path)!r} is a directory; name a file, e.g. model.ckpt")
+    options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, restarts=restarts, kl_warmup=kl_warmup,
+                           seed=seed, threads=threads, precision=precision, compile=compile,
+                           checkpoint_every=checkpoint_every)
     strategy = make_strategy(backend, timeout=timeout, compression=compression)
     strategy.setup()
     try:
         # rank 0 writes the checkpoint: it alone holds the output's lock
         with output_lock(checkpoint_path) if strategy.is_main else contextlib.nullcontext():
-            return _train(strategy, patches_path, checkpoint_path, model_options or {}, epochs, batch_size, lr,
-                          restarts, kl_warmup, seed, threads, precision, compile, checkpoint_every, overwrite, reuse,
-                          log)
+            return _train(strategy, patches_path, checkpoint_path, model_options or {}, options, overwrite=overwrite,
+                          reuse=reuse, log=log if strategy.is_main else (lambda line: None))
     finally:
         strategy.shutdown()
 
 
-def _train(strategy, patches_path, checkpoint_path, model_options, epochs, batch_size, lr, restarts, kl_warmup, seed,
-           threads, precision, compile_model, checkpoint_every, overwrite, reuse, log):
-    log = log if strategy.is_main else (lambda line: None)
-    if threads:
-        torch.set_num_threads(threads)
+def _train(strategy, patches_path, checkpoint_path, model_options, options, *, overwrite, reuse, log):
+    """Resolve the schedule, resume or choose a start, and train to the end (:class:`TrainingLoop`)."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
     device = strategy.device
     log(f"training on {strategy.describe()}, {torch.get_num_threads()} torch thread(s) per rank")
-    reader = ShardedPatchReader(patches_path, batch_size=batch_size, rank=strategy.rank,
-                                world_size=strategy.world_size, seed=seed, pin_memory=device.type == "cuda")
-    batch_size, steps_per_epoch = reader.batch_size, reader.steps_per_epoch(1)
+    reader = ShardedPatchReader(patches_path, batch_size=options.batch_size, rank=strategy.rank,
+                                world_size=strategy.world_size, seed=options.seed, pin_memory=device.type == "cuda")
+    steps_per_epoch = reader.steps_per_epoch(1)
+    epochs, restarts = options.epochs, options.restarts
     if epochs == "auto":
         epochs = auto_epochs(steps_per_epoch)
-        log(f"epochs auto: {epochs} ({steps_per_epoch} step(s) of {batch_size} x {strategy.world_size} rank(s) per "
-            f"epoch; at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
+        log(f"epochs auto: {epochs} ({steps_per_epoch} step(s) of {reader.batch_size} x {strategy.world_size} rank(s) "
+            f"per epoch; at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
         if restarts == "auto":
             restarts = RESTARTS if epochs > DEFAULT_EPOCHS else 1
     restarts = 1 if restarts == "auto" else restarts
     settings = {"patches": str(patches_path), "patches_fingerprint": store_fingerprint(patches_path, "patches"),
-                "batch_size": batch_size, "lr": lr, "restarts": restarts, "kl_warmup": kl_warmup, "seed": seed,
-                "world_size": strategy.world_size, "model": dict(model_options)}
+                "batch_size": reader.batch_size, "lr": options.lr, "restarts": restarts,
+                "kl_warmup": options.kl_warmup, "seed": options.seed, "world_size": strategy.world_size,
+                "model": dict(model_options)}
     resumed = _resume_state(checkpoint_path, settings, epochs, overwrite, reuse)
     if resumed is not None and resumed.get("finished"):
         log(f"{checkpoint_path}: up to date (trained on this patch store with these settings), kept")
         return load_checkpoint(checkpoint_path)[0]
 
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16"
                 else contextlib.nullcontext())
     total_steps = epochs * steps_per_epoch
     if resumed is not None:
-        start_seed = resumed.get("start_seed", seed)
+        start_seed = resumed.get("start_seed", options.seed)
     elif restarts > 1:
-        start_seed = _choose_start(strategy, reader, model_options, lr, kl_warmup, seed, restarts, total_steps,
-                                   autocast, log)
+        start_seed = _choose_start(strategy, reader, model_options, options.lr, options.kl_warmup, options.seed,
+                                   restarts, total_steps, autocast, log)
     else:
-        start_seed = seed
-    model, wrapped, optimizer = _start(strategy, reader, model_options, lr, start_seed)
-    start_epoch, start_step, history = 1, 0, []
+        start_seed = options.seed
+    model, wrapped, optimizer = _start(strategy, reader, model_options, options.lr, start_seed)
+    loop = TrainingLoop(strategy, reader, model, torch.compile(wrapped) if options.compile else wrapped, optimizer,
+                        autocast, epochs=epochs, kl_warmup=options.kl_warmup, log=log)
+    loop.checkpoint = dict(path=checkpoint_path, settings=settings, start_seed=start_seed)
+    start_epoch, start_step = 1, 0
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
-        start_epoch, start_step, history = resumed["epoch"], resumed["step"], resumed["history"]
+        start_epoch, start_step, loop.history = resumed["epoch"], resumed["step"], resumed["history"]
         # after wrapping: Horovod's DistributedOptimizer is a new optimizer built from the param
         # groups, without the state of the one it wraps (every rank loads the same state)
         optimizer.load_state_dict(resumed["optimizer"])
         torch.set_rng_state(resumed["rng"][strategy.rank])  # the ELBO noise goes on where it stopped
         log(f"resuming from {checkpoint_path}: epoch {start_epoch}, step {start_step}")
-    step_fn = torch.compile(wrapped) if compile_model else wrapped
-
-    def save(epoch, step, finished=False):
-        rng = strategy.allgather(torch.get_rng_state())
-        if strategy.is_main:
-            with writing(checkpoint_path):
-                save_checkpoint(checkpoint_path, model, optimizer=optimizer.state_dict(), epoch=epoch, step=step,
-                                finished=finished, epochs=epochs, rng=rng, history=history, settings=settings,
-                                start_seed=start_seed, patch_attrs=reader.attrs)
-        strategy.barrier()  # no rank exits (and gets its peers killed) before the file is written
-
-    steps_done, vote, epoch_times = 0, None, []
-    with PreemptionFlag() as preemption:
-        for epoch in range(start_epoch, epochs + 1):
-            first = start_step if epoch == start_epoch else 0
-            start, total, seen = time.perf_counter(), 0.0, 0
-            for step, batch in enumerate(reader.batches(epoch, first, last_epoch=epochs), start=first):
-                weight = kl_weight((epoch - 1) * steps_per_epoch + step, total_steps, kl_warmup)
-                loss = _step(model, step_fn, optimizer, batch.to(device, non_blocking=True), weight, autocast)
-                total, seen, steps_done = total + loss * len(batch), seen + len(batch), steps_done + 1
-                # Every rank must stop at the same step: each step the ranks vote on whether any was
-                # signalled, without waiting; the vote is read a step later, by when it has arrived,
-                # so the ranks meet once per step (in the gradient allreduce), not twice.
-                if vote is not None and vote() > 0:
-                    save(epoch, step + 1)
-                    raise Preempted(f"stopped by {preemption.received or 'a signal on another rank'} at epoch "
-                                    f"{epoch}, step {step + 1}; checkpoint saved to {checkpoint_path}: run the same "
-                                    f"command again to resume")
-                vote = strategy.start_allreduce_mean(preemption.received is not None)
-                if checkpoint_every and steps_done % checkpoint_every == 0:
-                    save(epoch, step + 1)
-            seconds = time.perf_counter() - start
-            mean_loss = strategy.allreduce_mean(total / seen) if seen else float("nan")
-            history.append(mean_loss)
-            if not seen:  # stopped after its last step: the restart only marks the epoch done
-                log(f"{time.strftime('%H:%M:%S')} epoch {epoch:3d}/{epochs}  (its last step was done before the "
-                    f"restart)")
-                save(epoch + 1, 0, finished=epoch == epochs)
-                continue
-            epoch_times.append(seconds)
-            log(f"{time.strftime('%H:%M:%S')} epoch {epoch:3d}/{epochs}  loss {mean_loss:10.3f}  "
-                f"{seen * strategy.world_size / seconds:8.0f} img/s  ({strategy.world_size} rank(s))  "
-                f"{seconds:.2f} s, ETA {format_duration(np.median(epoch_times) * (epochs - epoch))}")
-            save(epoch + 1, 0, finished=epoch == epochs)
-        if vote is not None:
-            vote()  # the last step's vote lands before the ranks part
-    if start_epoch > epochs:
-        save(epochs + 1, 0, finished=True)
+    loop.run(start_epoch, start_step, options.checkpoint_every)
     return model
+
+
+class TrainingLoop:
+    """The epochs of one run on one rank: steps, the preemption vote, checkpoints, a line per epoch.
+
+    ``checkpoint``: ``{path, settings, start_seed}``, what every checkpoint records besides the
+    weights, the optimizer and where the run stands."""
+
+    def __init__(self, strategy, reader, model, step_fn, optimizer, autocast, *, epochs, kl_warmup, log):
+        self.strategy, self.reader, self.model, self.step_fn = strategy, reader, model, step_fn
+        self.optimizer, self.autocast, self.log = optimizer, autocast, log
+        self.epochs, self.kl_warmup = epochs, kl_warmup
+        self.steps_per_epoch = reader.steps_per_epoch(1)
+        self.history, self.checkpoint = [], {}
+
+    def save(self, epoch, step, finished=False):
+        """Write the checkpoint (rank 0), after gathering every rank's RNG state; all ranks wait for it."""
+        rng = self.strategy.allgather(torch.get_rng_state())
+        if self.strategy.is_main:
+            path = self.checkpoint["path"]
+            with writing(path):
+                save_checkpoint(path, self.model, optimizer=self.optimizer.state_dict(), epoch=epoch, step=step,
+                                finished=finished, epochs=self.epochs, rng=rng, history=self.history,
+                                settings=self.checkpoint["settings"], start_seed=self.checkpoint["start_seed"],
+                                patch_attrs=self.reader.attrs)
+        self.strategy.barrier()  # no rank exits (and gets its peers killed) before the file is written
+
+    def run(self, start_epoch, start_step, checkpoint_every=None):
+        """Train from ``start_epoch``, ``start_step`` to the last epoch; ``Preempted`` after saving
+        when any rank was signalled."""
+        strategy, total_steps = self.strategy, self.epochs * self.steps_per_epoch
+        steps_done, vote, epoch_times = 0, None, []
+        with PreemptionFlag() as preemption:
+            for epoch in range(start_epoch, self.epochs + 1):
+                first = start_step if epoch == start_epoch else 0
+                start, total, seen = time.perf_counter(), 0.0, 0
+                for step, batch in enumerate(self.reader.batches(epoch, first, last_epoch=self.epochs), start=first):
+                    weight = kl_weight((epoch - 1) * self.steps_per_epoch + step, total_steps, self.kl_warmup)
+                    loss = _step(self.model, self.step_fn, self.optimizer,
+                                 batch.to(strategy.device, non_blocking=True), weight, self.autocast)
+                    total, seen, steps_done = total + loss * len(batch), seen + len(batch), steps_done + 1
+                    # Every rank must stop at the same step: each step the ranks vote on whether any
+                    # was signalled, without waiting; the vote is read a step later, by when it has
+                    # arrived, so the ranks meet once per step (in the gradient allreduce), not twice.
+                    if vote is not None and vote() > 0:
+                        self.save(epoch, step + 1)
+                        raise Preempted(f"stopped by {preemption.received or 'a signal on another rank'} at epoch "
+                                        f"{epoch}, step {step + 1}; checkpoint saved to {self.checkpoint['path']}: "
+                                        f"run the same command again to resume")
+                    vote = strategy.start_allreduce_mean(preemption.received is not None)
+                    if checkpoint_every and steps_done % checkpoint_every == 0:
+                        self.save(epoch, step + 1)
+                self._end_epoch(epoch, time.perf_counter() - start, total, seen, epoch_times)
+            if vote is not None:
+                vote()  # the last step's vote lands before the ranks part
+        if start_epoch > self.epochs:
+            self.save(self.epochs + 1, 0, finished=True)
+
+    def _end_epoch(self, epoch, seconds, total, seen, epoch_times):
+        """The epoch's line and checkpoint."""
+        mean_loss = self.strategy.allreduce_mean(total / seen) if seen else float("nan")
+        self.history.append(mean_loss)
+        if not seen:  # stopped after its last step: the restart only marks the epoch done
+            self.log(f"{time.strftime('%H:%M:%S')} epoch {epoch:3d}/{self.epochs}  (its last step was done before "
+                     f"the restart)")
+        else:
+            epoch_times.append(seconds)
+            ranks = self.strategy.world_size
+            self.log(f"{time.strftime('%H:%M:%S')} epoch {epoch:3d}/{self.epochs}  loss {mean_loss:10.3f}  "
+                     f"{seen * ranks / seconds:8.0f} img/s  ({ranks} rank(s))  {seconds:.2f} s, "
+                     f"ETA {format_duration(np.median(epoch_times) * (self.epochs - epoch))}")
+        self.save(epoch + 1, 0, finished=epoch == self.epochs)
 
 
 def _step(model, step_fn, optimizer, batch, weight, autocast):

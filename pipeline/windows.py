@@ -97,7 +97,7 @@ class WindowSpec:
         return samples if samples.ndim == 4 else samples[:, None]
 
     def raw(self, region, centres=None):
-        """Transformed (not normalised) samples ``(N, 1, h, w)`` float32."""
+        """Transformed (not normalised) samples ``(N, C, h, w)`` float32 (C: the channels, else 1)."""
         return TRANSFORMS[self.transform](self.cut(region, centres).astype(np.float32)).astype(np.float32)
 
     def sample_shape(self, signal_shape=()):

@@ -9,6 +9,19 @@ import models  # noqa: F401  (sets Pyro's module-local parameters before any mod
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# Real vendor files (scripts/fetch-test-data.sh, run by `make test`): hyperspy 1.7.6's and atomap's test files.
+TEST_DATA = Path(os.environ.get("RVAE_TEST_DATA", Path.home() / ".cache" / "rvae-hpc" / "testdata"))
+
+
+@pytest.fixture(scope="session")
+def real_file():
+    """``real_file(name)``: the path of a real test file, which must be there (``make testdata``)."""
+    def find(name):
+        path = TEST_DATA / name
+        assert path.exists(), f"{path} is missing: run `make testdata` (scripts/fetch-test-data.sh)"
+        return path
+    return find
+
 
 @pytest.fixture(scope="session")
 def rvae():

@@ -40,7 +40,8 @@ def test_offset_removal_and_degrees_keep_units_and_range():
     aligned = res.assign_attrs(symmetry=6).rvae.remove_offset(region={"x": slice(0, 0.6)})
     assert aligned.rvae.circular_mean(region={"x": slice(0, 0.6)}) == pytest.approx(0, abs=1e-6)
     assert np.degrees(aligned["angle"].values).max() <= 30 + 1e-9  # wrapped again
-    assert aligned.rvae.circular_mean(region={"x": slice(1, 2)}) == pytest.approx(4, abs=1e-6)  # the +-30 grain, less 26
+    # the +-30 grain, less 26
+    assert aligned.rvae.circular_mean(region={"x": slice(1, 2)}) == pytest.approx(4, abs=1e-6)
     by_angle = res.rvae.remove_offset(angle=26)
     np.testing.assert_allclose(by_angle["angle"].values, aligned["angle"].values, atol=1e-12)
     res["angle"].attrs["valid_range"] = [-np.pi / 6, np.pi / 6]
@@ -123,7 +124,8 @@ def test_grid_export_keeps_the_scan_calibration(lattice_cube, trained_lattice, t
     signal, = file_reader(str(export_hspy(tmp_path / "r.zarr", tmp_path / "r.hspy")))
     y, x, quantity = signal["axes"]
     assert (y["name"], x["name"], y["units"]) == ("y", "x", "nm") and y["navigate"] and not quantity["navigate"]
-    assert y["scale"] == pytest.approx(float(ds["y"][1] - ds["y"][0])) and x["offset"] == pytest.approx(float(ds["x"][0]))
+    assert y["scale"] == pytest.approx(float(ds["y"][1] - ds["y"][0]))
+    assert x["offset"] == pytest.approx(float(ds["x"][0]))
     assert signal["data"].shape[:2] == (ds.sizes["y"], ds.sizes["x"])
 
 

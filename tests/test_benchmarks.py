@@ -27,4 +27,5 @@ def test_bench_encode_prints_both_ratios_for_both_modes():
     for mode in ("grid", "frames"):
         summary = re.search(rf"^{mode}: (\d+) windows; median end-to-end / forward ([\d.]+), median 2 ranks / 1 rank "
                             rf"([\d.]+)", out, re.M)
-        assert summary and int(summary.group(1)) > 0 and float(summary.group(2)) > 0 and float(summary.group(3)) > 0, out
+        assert summary, out
+        assert int(summary.group(1)) > 0 and float(summary.group(2)) > 0 and float(summary.group(3)) > 0, out

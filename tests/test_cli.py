@@ -48,6 +48,11 @@ def stores(tmp_path_factory, rvae):
     (["encode", "{w}/cube.zarr", "{w}/p.zarr", "{w}/absent.ckpt", "{w}/r.zarr"], ["no checkpoint"]),
     (["ingest", "{w}/absent.npy", "{w}/new.zarr"], ["no source file"]),
     (["report", "{w}/absent.zarr", "{w}/rep"], ["no results store at"]),
+    # settings that cannot apply are refused, not ignored
+    (["synth", "{w}/new.zarr", "--kind", "4dstem", "--spacing", 5], ["4dstem has no spacing"]),
+    (["synth", "{w}/new.zarr", "--kind", "4dstem", "--size", 100], ["size 100 is the scan side, at most 64"]),
+    (["encode", "{w}/cube.zarr", "{w}/p.zarr", "{w}/m.ckpt", "{w}/r.zarr", "--dask", "slurm", "--threads", 2],
+     ["encode threads cannot apply there"]),
 ])
 def test_bad_input_is_one_line_and_nothing_is_written(stores, snapshot, rvae, args, fragments):
     before = snapshot(stores)
@@ -98,7 +103,8 @@ def test_config_with_an_unknown_key_names_it(tmp_path, rvae):
     result = rvae("run", tmp_path / "run.yaml", cwd=tmp_path)
     assert_one_line_error(result, "patches.windw: unknown key", "allowed: mode, window")
     (tmp_path / "bad.yaml").write_text("train:\n  epochs: -3\n")
-    assert_one_line_error(rvae("run", tmp_path / "bad.yaml", cwd=tmp_path), "train.epochs", "greater than or equal to 1")
+    assert_one_line_error(rvae("run", tmp_path / "bad.yaml", cwd=tmp_path), "train.epochs",
+                          "greater than or equal to 1")
     assert_one_line_error(rvae("run", tmp_path / "absent.yaml"), "no config file")
     assert not (tmp_path / "out").exists()
 
@@ -106,12 +112,16 @@ def test_config_with_an_unknown_key_names_it(tmp_path, rvae):
 def test_every_command_explains_itself(rvae):
     """``--help`` works for every command and lists every key of the stage's configuration sections
     (a ``%`` in a description once made argparse fail on ``rvae train --help``)."""
-    from pipeline.cli import STAGES, build_parser
+    from pipeline.cli import COMMANDS, build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in commands.items():  # every command, positional and option says what it is
+        assert parser.description, name
+        for action in parser._actions:
+            assert action.help and not action.help.startswith("(default"), (name, action.dest)
     for command in commands:
         result = rvae(command, "--help")
         assert result.returncode == 0 and result.stdout.startswith(f"usage: rvae {command}"), result.stderr
-        for section in STAGES.get(command, (None, None, []))[2]:
+        for section in COMMANDS.get(command, (None, None, [], False))[2]:
             for name in section.model_fields:
                 assert f"--{name.replace('_', '-')}" in result.stdout, (command, name)

@@ -108,8 +108,9 @@ def test_sigterm_mid_epoch_then_restart_equals_an_uninterrupted_run(small_patche
 
     stopped = tmp_path / "stopped.ckpt"
     proc = subprocess.Popen([*args, str(stopped), *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert read_until(proc, "epoch   1/4")  # epoch 1 done: we are now inside epoch 2
-    time.sleep(0.3)
+    # epoch 1 is done: a signal from now on stops the run inside epoch 2 or later, never before it
+    # (the ranks read their vote on it a step after it arrives), which the checkpoint's step proves
+    assert read_until(proc, "epoch   1/4")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
@@ -241,8 +242,7 @@ def test_two_ranks_preempted_then_resumed_equal_an_uninterrupted_two_rank_run(ba
     stopped = tmp_path / "stopped.ckpt"
     proc = subprocess.Popen(rvae_ranks(backend, launcher, stopped, small_patches), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    assert read_until(proc, "epoch   1/4"), proc.stderr.read()[-3000:]
-    time.sleep(0.3)
+    assert read_until(proc, "epoch   1/4"), proc.stderr.read()[-3000:]  # the ranks are inside epoch 2 or later
     ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "pipeline.cli" in " ".join(p.cmdline())]
     assert len(ranks) == 2
     ranks[1].send_signal(signal.SIGUSR1)  # one rank only: the others learn of it through the vote

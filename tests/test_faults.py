@@ -1,6 +1,7 @@
 """Fault injection: stages killed at random points and run again, a full file system, read-only
 outputs and two writers of one output at once. What is guaranteed: a re-run ends with exactly
 what an uninterrupted run writes, and a failure is one line that names the output."""
+import signal
 import subprocess
 import sys
 import time
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from test_cli import assert_one_line_error
 
 from models import load_checkpoint
-from test_cli import assert_one_line_error
 
 RVAE = str(Path(sys.executable).with_name("rvae"))
 SEEDS = (0, 1, 2)
@@ -180,18 +181,25 @@ def straight_run(tmp_path_factory):
     return ref / "out"
 
 
-@pytest.mark.parametrize("stop_after", ["[patches]", "[train]", "[encode]"])
+STAGE_OUTPUT = {"[patches]": "patches.zarr", "[train]": "model.ckpt", "[encode]": "results.zarr"}
+
+
+@pytest.mark.parametrize("stop_after", list(STAGE_OUTPUT))
 def test_rvae_run_continues_from_where_it_was_killed(stop_after, straight_run, tmp_path):
     (tmp_path / "run.yaml").write_text(RUN_CONFIG)
 
     proc = subprocess.Popen([RVAE, "run", "run.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    output = tmp_path / "out" / STAGE_OUTPUT[stop_after]
+    lock = output.with_name(f".{output.name}.lock")
     for line in proc.stdout:
         if line.startswith(stop_after):
-            time.sleep(0.5)  # into the stage
             break
+    while proc.poll() is None and not lock.exists():  # the stage holds its output: it is writing
+        time.sleep(0.005)
     proc.kill()
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before the stage was killed"
     again = subprocess.run([RVAE, "run", "run.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "cube.zarr: up to date" in again.stdout  # the finished stages are kept, not redone

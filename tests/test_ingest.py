@@ -1,6 +1,4 @@
-import os
 from functools import partial
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -50,7 +48,8 @@ def test_ingest_4d_hdf5_keeps_signal_axes_whole_and_metadata(tmp_path):
     assert '"voltage_kV": 300' in cube.attrs["original_metadata"]
 
 
-@pytest.mark.parametrize("dtype, codec", [(np.uint16, "BloscCodec"), (np.int32, "BloscCodec"), (np.float32, "ZstdCodec")])
+@pytest.mark.parametrize("dtype, codec", [(np.uint16, "BloscCodec"), (np.int32, "BloscCodec"),
+                                          (np.float32, "ZstdCodec")])
 def test_counts_are_compressed_with_bitshuffle_lz4_and_floats_with_zstd(tmp_path, dtype, codec):
     data = np.random.default_rng(2).poisson(30, (64, 48)).astype(dtype)
     ingest(write_source("npy", tmp_path / "counts.npy", data), tmp_path / "cube.zarr", progress=False)
@@ -193,18 +192,9 @@ def test_ingest_with_dims_for_an_image_stack(tmp_path):
     assert ds["data"].dims == ("frame", "y", "x")
 
 
-# Real vendor files (scripts/fetch-test-data.sh, run by `make test`): hyperspy 1.7.6's Bruker EDS
-# spectrum image and atomap's ADF STEM image.
-TEST_DATA = Path(os.environ.get("RVAE_TEST_DATA", Path.home() / ".cache" / "rvae-hpc" / "testdata"))
-
-
-def real_file(name):
-    path = TEST_DATA / name
-    assert path.exists(), f"{path} is missing: run `make testdata` (scripts/fetch-test-data.sh)"
-    return path
-
-
-def test_bruker_eds_spectrum_image_matches_rosettasciio(tmp_path):
+# Real vendor files (the real_file fixture): hyperspy 1.7.6's Bruker EDS spectrum image and atomap's
+# ADF STEM image.
+def test_bruker_eds_spectrum_image_matches_rosettasciio(tmp_path, real_file):
     from rsciio.bruker import file_reader
 
     source = real_file("bcf_v2_50x50px.bcf")
@@ -221,13 +211,13 @@ def test_bruker_eds_spectrum_image_matches_rosettasciio(tmp_path):
     assert "EDS_SEM" in cube.attrs["original_metadata"]
 
 
-def test_file_with_several_signals_asks_which(tmp_path):
+def test_file_with_several_signals_asks_which(tmp_path, real_file):
     with pytest.raises(ValueError, match=r"holds 3 signals .*2 = EDX \(50, 50, 2048\)\); pick one with --dataset"):
         ingest(real_file("bcf_v2_50x50px.bcf"), tmp_path / "eds.zarr", progress=False)
     assert not (tmp_path / "eds.zarr").exists()
 
 
-def test_hyperspy_adf_image_matches_rosettasciio_and_yields_atom_columns(tmp_path):
+def test_hyperspy_adf_image_matches_rosettasciio_and_yields_atom_columns(tmp_path, real_file):
     from rsciio.hspy import file_reader
 
     from pipeline.patches import write_patches
@@ -249,7 +239,7 @@ def test_hyperspy_adf_image_matches_rosettasciio_and_yields_atom_columns(tmp_pat
     assert np.mean(np.abs(nearest / np.median(nearest) - 1) < 0.1) > 0.9
 
 
-def test_spectrum_image_channels_are_energy_band_sums(tmp_path, rvae):
+def test_spectrum_image_channels_are_energy_band_sums(tmp_path, rvae, real_file):
     ingest(real_file("bcf_v2_50x50px.bcf"), tmp_path / "eds.zarr", dataset="EDX", progress=False)
     cube = xr.open_zarr(tmp_path / "eds.zarr")["data"]
     result = rvae("patches", tmp_path / "eds.zarr", tmp_path / "p.zarr", "--mode", "grid", "--window", "16",

@@ -1,13 +1,10 @@
 """The lattice read from the data (spacing, symmetry) and the classical local-FFT orientation."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.lattice import estimate_lattice, orientation, window_for
 from pipeline.synthetic import lattice_grains
-
-TESTDATA = Path.home() / ".cache" / "rvae-hpc" / "testdata"
 
 
 def test_spacing_and_symmetry_of_the_synthetic_lattice():
@@ -29,11 +26,10 @@ def test_local_fft_orientation_reads_a_known_rotation_counter_clockwise(degrees)
     assert step == pytest.approx(degrees, abs=0.5) and confidence.min() > 0.3
 
 
-def test_the_real_adf_image_shows_its_lattice():
+def test_the_real_adf_image_shows_its_lattice(real_file):
     from rsciio.hspy import file_reader
 
-    path = TESTDATA / "test_ADF_cropped.hdf5"
-    assert path.exists(), "real test data missing: run scripts/fetch-test-data.sh (make test does)"
+    path = real_file("test_ADF_cropped.hdf5")
     image = file_reader(str(path))[0]["data"].astype(np.float32)
     found = estimate_lattice(image)
     # columns about 30 px apart (by eye: rows ~33 px, bright columns ~40 px apart along a row)

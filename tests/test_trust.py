@@ -13,9 +13,9 @@ import torch
 import xarray as xr
 import yaml
 import zarr
+from test_cli import assert_one_line_error
 
 from pipeline.stores import output_lock
-from test_cli import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def test_a_hostile_checkpoint_is_refused_and_its_payload_never_runs(work, tmp_pa
                               "refused to load", "evil.ckpt")
     elif stage == "report":  # the results name the checkpoint the manifold is decoded from
         shutil.copytree(work / "cube.zarr", tmp_path / "cube.zarr")
-        assert rvae("encode", tmp_path / "cube.zarr", work / "p.zarr", work / "m.ckpt", tmp_path / "r.zarr").returncode == 0
+        encoded = rvae("encode", tmp_path / "cube.zarr", work / "p.zarr", work / "m.ckpt", tmp_path / "r.zarr")
+        assert encoded.returncode == 0
         group = zarr.open_group(str(tmp_path / "r.zarr"), mode="r+")
         group.attrs.update(checkpoint=str(evil), checkpoint_sha256=hashlib.sha256(evil.read_bytes()).hexdigest())
         zarr.consolidate_metadata(str(tmp_path / "r.zarr"))
@@ -176,10 +177,8 @@ def counts_cube(path, side=64):
 
 
 def test_an_integer_cube_read_straight_from_its_files_never_reads_a_lost_chunk_as_zeros(tmp_path):
-    from pipeline.chunk_files import read_chunks
+    from pipeline.chunk_files import read_chunks, readable_directly
     from pipeline.stores import open_cube, record_chunks
-
-    from pipeline.chunk_files import readable_directly
 
     counts_cube(tmp_path / "c.zarr")
     record_chunks(tmp_path / "c.zarr")
@@ -469,9 +468,8 @@ def test_an_integer_cube_read_straight_from_its_files_checks_each_chunk(tmp_path
 
 
 def test_the_fingerprint_covers_every_chunk_through_its_checksum(tmp_path):
-    from pipeline.provenance import SAMPLED_CHUNKS, store_fingerprint
-
     from pipeline.compression import cube_codecs
+    from pipeline.provenance import SAMPLED_CHUNKS, store_fingerprint
 
     cube = tmp_path / "counts.zarr"  # incompressible counts: a chunk's size does not change with its values
     data = np.random.default_rng(0).integers(0, 2**16, (128, 128), dtype=np.uint16)

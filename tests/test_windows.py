@@ -2,9 +2,9 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from pipeline.results import wrap_angle
 from pipeline.evaluate import circular_error
 from pipeline.peaks import find_atom_columns
+from pipeline.results import wrap_angle
 from pipeline.synthetic import render_gaussians
 from pipeline.windows import ScanGrid, WindowSpec, bin_frames, cut_windows, log_fft_magnitude
 
