@@ -2,13 +2,15 @@
 
 All three rotate by the same convention (:mod:`models.geometry`) and return unconstrained
 values (logits for a Bernoulli likelihood, means for a Gaussian one). ``renderer(code)`` gives
-the images of one code at any angle: what an angle search calls many times per code.
+the images of codes at any angle and on a polar grid (:class:`Rendering`): what an angle search
+asks of a decoder, the warp decoder decoding its canvas once for both.
 """
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .geometry import canvas_size, coordinate_grid, inverse_transform
+from .geometry import affine_points, canvas_size, coordinate_grid, inverse_transform
+from .polar import sample_polar
 
 
 def _mlp(sizes, activation=nn.Tanh):
@@ -18,16 +20,26 @@ def _mlp(sizes, activation=nn.Tanh):
     return nn.Sequential(*layers[:-1])
 
 
-def coarsened(images, factor):
-    """``images`` averaged over ``factor`` x ``factor`` blocks (unchanged for 1)."""
-    return images if factor == 1 else F.avg_pool2d(images, factor)
+class Rendering:
+    """The images of some codes at any angle and shift (``rendering(angle, shift=None)``) and on
+    a polar grid at angle 0 (``rendering.polar(grid)``), what an angle search asks of a decoder."""
+
+    def __init__(self, render, polar):
+        self._render, self.polar = render, polar
+
+    def __call__(self, angle=None, shift=None):
+        return self._render(angle, shift)
 
 
 class Decoder(nn.Module):
     def renderer(self, code):
-        """``(angle, shift=None, coarsen=1) -> images`` of these codes, ``coarsen`` times smaller
-        per side (decoded afresh at each angle, then averaged over blocks)."""
-        return lambda angle, shift=None, coarsen=1: coarsened(self(code, angle, shift), coarsen)
+        """The :class:`Rendering` of these codes (here decoded afresh for each call)."""
+        return Rendering(lambda angle, shift: self(code, angle, shift), lambda grid: self.polar(code, grid))
+
+    def polar(self, code, grid):
+        """The decoded images of these codes at angle 0 on a polar ``grid`` (:mod:`models.polar`):
+        ``(B, C, rings, angles)``; here sampled from the rendered window."""
+        return sample_polar(self(code), grid)
 
 
 class WarpDecoder(Decoder):
@@ -46,22 +58,29 @@ class WarpDecoder(Decoder):
     def forward(self, code, angle=None, shift=None):
         return self._place(self.net(code).view(-1, *self.canvas), angle, shift)
 
-    def renderer(self, code):
-        """``(angle, shift=None, coarsen=1) -> images`` of these codes: the canvas is decoded once,
-        then only turned, and sampled ``coarsen`` times more sparsely per side."""
-        canvas = self.net(code).view(-1, *self.canvas)
-        return lambda angle, shift=None, coarsen=1: self._place(canvas, angle, shift, coarsen)
+    def polar(self, code, grid):
+        """The canvas of these codes sampled on a polar ``grid`` of the window (no crop, no turn)."""
+        return self._polar(self.net(code).view(-1, *self.canvas), grid)
 
-    def _place(self, canvas, angle, shift, coarsen=1):
-        if angle is None and shift is None and coarsen == 1:
+    def renderer(self, code):
+        """The :class:`Rendering` of these codes: the canvas is decoded once, then only sampled."""
+        canvas = self.net(code).view(-1, *self.canvas)
+        return Rendering(lambda angle, shift: self._place(canvas, angle, shift), lambda grid: self._polar(canvas, grid))
+
+    def _polar(self, canvas, grid):
+        _, h, w = self.image_shape
+        scale = torch.tensor([w / self.canvas[2], h / self.canvas[1]], device=grid.device)
+        return sample_polar(canvas, grid, scale)
+
+    def _place(self, canvas, angle, shift):
+        if angle is None and shift is None:
             return self._crop(canvas)
         if angle is None:
             angle = canvas.new_zeros(canvas.shape[0])
         c, h, w = self.image_shape
         scale = torch.tensor([w / self.canvas[2], h / self.canvas[1]], device=canvas.device)
         theta = inverse_transform(angle, shift) * scale.view(1, 2, 1)
-        # the same square, at every coarsen-th pixel centre (the centres of coarsen x coarsen blocks)
-        grid = F.affine_grid(theta, (canvas.shape[0], c, h // coarsen, w // coarsen), align_corners=False)
+        grid = affine_points(theta, h, w)
         return F.grid_sample(canvas, grid, align_corners=False, padding_mode="border")
 
     def _crop(self, canvas):
@@ -95,6 +114,12 @@ class SpatialDecoder(Decoder):
         hidden = torch.tanh(self.coord_in(coords) + self.code_in(code)[:, None, :])
         c, h, w = self.image_shape
         return self.body(hidden).transpose(1, 2).reshape(batch, c, h, w)
+
+    def polar(self, code, grid):
+        """The generator evaluated at the polar ``grid``'s points themselves: exact, no resampling."""
+        rings, angles = grid.shape[:2]
+        hidden = torch.tanh(self.coord_in(grid.reshape(-1, 2))[None] + self.code_in(code)[:, None, :])
+        return self.body(hidden).transpose(1, 2).reshape(code.shape[0], -1, rings, angles)
 
 
 class BroadcastDecoder(Decoder):

@@ -43,3 +43,30 @@ def canvas_size(size):
     """Smallest canvas side >= sqrt(2) * size with the parity of ``size``: a rotated window fits."""
     side = math.ceil(math.sqrt(2) * size)
     return side + (side - size) % 2
+
+
+def inscribed_disc(height, width, device=None):
+    """1 inside the disc inscribed in a ``height`` x ``width`` window, 0 outside."""
+    y = torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2
+    x = torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2
+    return ((y[:, None] / height) ** 2 + (x[None, :] / width) ** 2 <= 0.25).float()
+
+
+def affine_points(theta, height, width):
+    """``F.affine_grid(theta, (B, C, height, width), align_corners=False)``, as one batched matrix
+    product with the pixel-centre grid (torch's CPU affine_grid costs ~4x more)."""
+    base = torch.cat([coordinate_grid(height, width), torch.ones(height * width, 1)], dim=1).to(theta)
+    return torch.matmul(base, theta.transpose(1, 2)).view(theta.shape[0], height, width, 2)
+
+
+def upright(images, angle, shift=None):
+    """``images`` ``(B, C, H, W)`` turned back by ``angle`` (and moved back by ``shift``): the content
+    an image shows turned by ``angle`` and moved by ``shift`` (:func:`inverse_transform`), seen as it
+    was before; pixels from outside the image repeat its border."""
+    import torch.nn.functional as F
+
+    forward = inverse_transform(-angle)  # R(angle) itself: a point p of the result samples R p + t
+    if shift is not None:
+        forward = torch.cat([forward[:, :, :2], shift.flip(-1).unsqueeze(-1)], dim=-1)
+    grid = affine_points(forward, *images.shape[-2:])
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from .decoders import DECODERS
 from .encoders import ENCODERS
+from .geometry import inscribed_disc
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 CLASS_MODES = ("given", "inferred")
@@ -45,12 +46,13 @@ class RVAE(PyroModule):
     likelihood : ``"bernoulli"`` (data in [0, 1]) or ``"gaussian"`` (``noise_scale``; None learns it).
     angle_prior, shift_prior : widths of the zero-mean Gaussian priors (radians, half-windows).
     hidden : decoder MLP widths (warp, spatial); None picks :data:`DEFAULT_HIDDEN` for the decoder.
+    disc : encode and score each window's inscribed disc only (rotation-invariant support).
     """
 
     def __init__(self, image_shape, *, latent_dim=2, rotation=True, translation=False,
                  num_classes=0, classes="given", class_weight=50.0, decoder="warp", encoder="mlp",
                  likelihood="bernoulli",
-                 noise_scale=0.1, angle_prior=1.0, shift_prior=0.1, hidden=None):
+                 noise_scale=0.1, angle_prior=1.0, shift_prior=0.1, hidden=None, disc=False):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder={decoder!r} is not one of {sorted(DECODERS)}")
@@ -67,7 +69,7 @@ class RVAE(PyroModule):
             image_shape=tuple(int(s) for s in image_shape), latent_dim=latent_dim,
             rotation=rotation, translation=translation, num_classes=num_classes, classes=classes,
             class_weight=class_weight, decoder=decoder, encoder=encoder, likelihood=likelihood, noise_scale=noise_scale,
-            angle_prior=angle_prior, shift_prior=shift_prior, hidden=tuple(hidden))
+            angle_prior=angle_prior, shift_prior=shift_prior, hidden=tuple(hidden), disc=bool(disc))
         self.image_shape = self.config["image_shape"]
         self.latent_dim, self.rotation, self.translation = latent_dim, rotation, translation
         self.num_classes, self.likelihood = num_classes, likelihood
@@ -76,6 +78,11 @@ class RVAE(PyroModule):
         self.encoder = ENCODERS[encoder](self.image_shape, 2 * self.encoded_dim + logits)
         decoder_kwargs = {"hidden": tuple(hidden)} if decoder != "broadcast" else {}
         self.decoder = DECODERS[decoder](self.image_shape, latent_dim + num_classes, **decoder_kwargs)
+        # The window's inscribed disc turns into itself; a square's corners do not: with ``disc`` the
+        # encoder sees and the likelihood scores the disc alone, so no latent but the angle has to
+        # say how the window's frame cuts the content (issue 26: z told identical grains apart).
+        support = inscribed_disc(*self.image_shape[1:])[None, None] if disc else torch.ones(1, 1, 1, 1)
+        self.register_buffer("support", support, persistent=False)
         self.register_buffer("angle_prior", torch.tensor(float(angle_prior)))
         self.register_buffer("shift_prior", torch.tensor(float(shift_prior)))
         if likelihood == "gaussian" and noise_scale is None:
@@ -144,7 +151,7 @@ class RVAE(PyroModule):
     @torch.no_grad()
     def encode(self, x):
         """Posterior ``(mean, std)`` of the encoded vector ``[angle?, shift_y?, shift_x?, z...]``."""
-        return self._loc_scale(self.encoder(x))
+        return self._loc_scale(self.encoder(x * self.support))
 
     @torch.no_grad()
     def classify(self, x):
@@ -164,7 +171,16 @@ class RVAE(PyroModule):
             z = parts["z"][0]
             angle = parts["angle"][0] if angle is None and self.rotation else angle
             shift = parts["shift"][0] if shift is None and self.translation else shift
-        out = self._decoder_output(z, y, angle, shift)
+        return self.mean_image(self._decoder_output(z, y, angle, shift))
+
+    def renderer(self, z, y=None):
+        """The decoder's images of content latents ``z`` (class ``y``) at any angle and shift, and
+        on a polar grid, decoded once (:class:`~models.decoders.Rendering`; decoder outputs: apply
+        :meth:`mean_image` for images on the data scale)."""
+        return self.decoder.renderer(self._code(z, y))
+
+    def mean_image(self, out):
+        """The decoder's output ``out`` on the data scale (probabilities for Bernoulli)."""
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
     def reconstruct(self, x, y=None):
@@ -176,7 +192,7 @@ class RVAE(PyroModule):
     # -- internals --------------------------------------------------------------------------
     def _posterior(self, x):
         """Guide parameters: ``(loc, scale)`` per latent, and the class logits."""
-        out = self.encoder(x)
+        out = self.encoder(x * self.support)
         parts = self._split(*self._loc_scale(out))
         parts["logits"] = out[:, 2 * self.encoded_dim:]
         return parts
@@ -217,11 +233,18 @@ class RVAE(PyroModule):
         out = self.decoder(code.reshape(k * b, -1), angle, shift)
         return out.view(k, b, *out.shape[1:])
 
-    def _likelihood(self, out):
+    def _pixels(self, out):
+        """The likelihood of each pixel given the decoder's output ``out`` (any image size)."""
         if self.likelihood == "bernoulli":
             # Grey-level data in [0, 1] are scored with the Bernoulli cross-entropy, as in the article.
-            return dist.Bernoulli(logits=out, validate_args=False).to_event(3)
-        return dist.Normal(out, self.log_noise_scale.exp()).to_event(3)
+            return dist.Bernoulli(logits=out, validate_args=False)
+        return dist.Normal(out, self.log_noise_scale.exp())
+
+    def _likelihood(self, out):
+        pixels = self._pixels(out)
+        if self.config["disc"]:
+            pixels = pixels.mask(self.support.bool())
+        return pixels.to_event(3)
 
 
 class VAE(RVAE):

@@ -132,6 +132,38 @@ class RVAEAccessor:
                             attrs={"units": "degree",
                                    "long_name": "rVAE angle - classical reference angle (offset removed)"})
 
+    def disagreement(self, tiles=8, floor=1.0, spread=4.0, least=5):
+        """Where the rVAE's map and the classical reference disagree: ``(regions, tolerance)``.
+
+        The scan is cut into ``tiles`` x ``tiles`` tiles; a tile disagrees when the median of
+        ``|angle - reference|`` (after one global offset, :meth:`against_reference`) over its
+        positions (``least`` or more) exceeds the tolerance: ``spread`` times the median absolute
+        difference over the whole map, and at least ``floor`` degrees. Touching tiles that
+        disagree form a region: a dict of its ``y`` and ``x`` bounds (physical units), tiles,
+        positions and median difference (degrees); largest first."""
+        from scipy import ndimage
+
+        difference = np.abs(self.against_reference().values.ravel())
+        y, x = (self._ds[dim].broadcast_like(self._ds["recon_error"]).values.ravel() for dim in ("y", "x"))
+        tolerance = max(floor, spread * float(np.nanmedian(difference)))
+        y_edges, x_edges = (np.linspace(v.min(), v.max(), tiles + 1) for v in (y, x))
+        row = np.clip(np.searchsorted(y_edges, y, side="right") - 1, 0, tiles - 1)
+        col = np.clip(np.searchsorted(x_edges, x, side="right") - 1, 0, tiles - 1)
+        tile = row * tiles + col
+        bad = np.zeros(tiles * tiles, bool)
+        for t in np.unique(tile):
+            inside = tile == t
+            bad[t] = inside.sum() >= least and np.median(difference[inside]) > tolerance
+        labels, count = ndimage.label(bad.reshape(tiles, tiles))
+        regions = []
+        for k in range(1, count + 1):
+            rows, cols = np.nonzero(labels == k)
+            inside = np.isin(tile, rows * tiles + cols)
+            regions.append({"y": (float(y_edges[rows.min()]), float(y_edges[rows.max() + 1])),
+                            "x": (float(x_edges[cols.min()]), float(x_edges[cols.max() + 1])), "tiles": len(rows),
+                            "positions": int(inside.sum()), "median_deg": float(np.median(difference[inside]))})
+        return sorted(regions, key=lambda r: -r["positions"]), tolerance
+
     def domains(self, n, iterations=50):
         """Orientation domains: ``n`` clusters of the angle on its circle (k-means on
         ``(cos n angle, sin n angle)``, started from evenly spaced angles); labels 0..n-1 ordered by

@@ -118,6 +118,9 @@ class ModelConfig(Section):
     noise_scale: Optional[float] = Field(0.1, gt=0, description="gaussian likelihood width; null: learned")
     angle_prior: float = Field(1.0, gt=0, description="prior width of the angle latent, radians")
     shift_prior: float = Field(0.1, gt=0, description="prior width of the shift latents, half-windows")
+    disc: bool = Field(True, description="encode and score only each window's inscribed disc, which turns into "
+                                         "itself (a square's corners do not): the angle alone says how a window is "
+                                         "turned")
     hidden: Optional[tuple[Annotated[int, Field(ge=1, le=8192)], ...]] = Field(
         None, min_length=1, description="decoder MLP widths, e.g. 256,256, each 1 to 8192 (default: 256,256 warp; "
                                         "96,96,96 spatial)")
@@ -166,6 +169,10 @@ class EncodeConfig(Section):
     refine: bool = Field(
         True, description="refine each window's angle against the trained decoder (a search over one symmetry "
                           "period, scored on the window's inscribed disc); false: the encoder's angle as it is")
+    frame: Literal["reference", "own"] = Field(
+        "reference", description="what a refined angle is relative to: reference, the decoder's image at one "
+                                 "reference code (the median of the training windows' codes) for every window; own, "
+                                 "the image at each window's own code (which may itself be turned)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the model (GPU)")
     threads: Optional[int] = Field(None, ge=1, description="torch threads per rank (default: torch's choice)")
     timeout: int = Field(300, ge=1, description="seconds a rank waits for the others before the job fails")

@@ -30,7 +30,8 @@ import xarray as xr
 import zarr
 
 from models import load_checkpoint
-from models.refinement import refine_angles
+from models.geometry import upright
+from models.refinement import AngleSearch
 
 from . import provenance
 from .compression import results_codecs
@@ -40,7 +41,15 @@ from .distributed import ClusterEnvironment, make_strategy
 from .lattice import orientation
 from .patches import check_cube, positions_to_encode, region_bounds
 from .preemption import Preempted, PreemptionFlag
-from .results import EncodePlan, blocks_done, create_progress, mark_done, results_template, write_block
+from .results import (
+    EncodePlan,
+    blocks_done,
+    create_progress,
+    mark_done,
+    results_template,
+    write_block,
+    write_reference_difference,
+)
 from .stores import check_distinct, count_chunks, open_cube, open_store, output_lock, reading, staged_output, writing
 from .windows import ScanGrid, WindowSpec
 
@@ -56,27 +65,73 @@ def cut_block(spec, reader, positions):
     return samples
 
 
-def encode_samples(model, samples, batch_size, device=torch.device("cpu"), precision="fp32", refine=None):
-    """``(mean, std, recon_error)`` of every sample as NumPy arrays, ``batch_size`` at a time.
+def encode_samples(model, samples, batch_size, device=torch.device("cpu"), precision="fp32", search=None, symmetry=1):
+    """``(mean, std, recon_error, frame_offset)`` of every sample as NumPy arrays, ``batch_size`` at a time.
 
-    ``refine``: the lattice's n-fold symmetry, to refine each angle against the decoder
-    (:func:`models.refinement.refine_angles`) over one period; None keeps the encoder's."""
+    ``search``: an :class:`~models.refinement.AngleSearch` to refine each angle against the
+    decoder over one period of the ``symmetry`` and put it in the search's one frame (its
+    ``frame_offset`` added); None keeps the encoder's angles (offsets 0). The reconstruction, and
+    its error over the model's support, is of the window's own code at the refined angle."""
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
     samples = torch.from_numpy(samples)
-    means, stds, errors = [], [], []
+    means, stds, errors, offsets = [], [], [], []
     with torch.inference_mode(), autocast:
         for i in range(0, len(samples), batch_size):
             x = samples[i:i + batch_size]
             if device.type == "cuda":
                 x = x.pin_memory().to(device, non_blocking=True)
             mean, std = model.encode(x)
-            if refine is not None and model.rotation:
-                mean[:, 0] = refine_angles(model, x, mean, refine)
-            recon = model.decode(mean)
-            means.append(mean.float()), stds.append(std.float())
-            errors.append(((recon.float() - x) ** 2).mean(dim=(1, 2, 3)))
-    return tuple(torch.cat(parts).cpu().numpy() for parts in (means, stds, errors))
+            offset = torch.zeros(len(x), device=x.device)
+            parts = model._split(mean, mean)
+            rendering = model.renderer(parts["z"][0])  # decoded once, for the search and the reconstruction
+            if search is not None and model.rotation:
+                angle, offset = search.refine(x, mean, symmetry, rendering=rendering)
+                mean[:, 0] = angle - offset  # in the code's own frame, for its reconstruction
+            parts = model._split(mean, mean)
+            recon = model.mean_image(rendering(parts["angle"][0] if model.rotation else None,
+                                               parts["shift"][0] if model.translation else None))
+            mean[:, 0] += offset  # in the one frame
+            if search is not None and model.rotation:
+                # The content seen upright: the code of the window turned back into the one frame,
+                # so z says what a window holds, not how it is turned (identical grains get one z).
+                shift = model._split(mean, mean)["shift"][0] if model.translation else None
+                again, spread = model.encode(upright(x, mean[:, 0], shift))
+                content = slice(model.encoded_dim - model.latent_dim, model.encoded_dim)
+                mean[:, content], std[:, content] = again[:, content], spread[:, content]
+            means.append(mean.float()), stds.append(std.float()), offsets.append(offset.float())
+            support = model.support.expand_as(x)  # the disc a disc model was trained on, else every pixel
+            errors.append((((recon.float() - x) ** 2) * support).sum(dim=(1, 2, 3)) / support.sum(dim=(1, 2, 3)))
+    return tuple(torch.cat(parts).cpu().numpy() for parts in (means, stds, errors, offsets))
+
+
+def auto_symmetry(attrs, search):
+    """``(n, attrs recording why)`` for ``symmetry: auto``: the lattice's n-fold symmetry as the patch
+    stage read it from the power spectrum or, for windows centred on atom columns with a reference
+    image (``search``), that image's rotational symmetry in real space where it divides the
+    spectrum's: a power spectrum is centrosymmetric, so a 3-fold lattice reads 6-fold there."""
+    spectrum = int(attrs.get("lattice_symmetry", 1))
+    chosen = {"symmetry_spectrum": spectrum}
+    if search is None or attrs.get("mode") != "points" or spectrum == 1:
+        return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's"}
+    real = search.symmetry()
+    chosen["symmetry_real_space"] = real
+    if real > 1 and spectrum % real == 0:
+        return real, {**chosen, "symmetry_choice": f"{real}-fold, the decoder's reference image's in real space "
+                                                   f"(power spectrum {spectrum}-fold)"}
+    return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's (the reference image "
+                                                   f"reads {real}-fold in real space)"}
+
+
+def frame_reference(model, patch_store, spec, count=2048):
+    """The code whose decoded image defines angle 0: the median of the encoder's codes of up to
+    ``count`` training windows spread evenly over the patch store."""
+    n = patch_store.sizes["sample"]
+    picked = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+    samples = spec.normalise(patch_store["patches"].isel(sample=picked).values)
+    with torch.inference_mode():
+        mean, _ = model.encode(torch.from_numpy(samples))
+    return model._split(mean, mean)["z"][0].median(dim=0).values.tolist()
 
 
 class EncodeJob:
@@ -84,7 +139,7 @@ class EncodeJob:
     the record that makes two encodes the same run. Built the same way on every rank."""
 
     def __init__(self, cube_path, patches_path, checkpoint_path, out_path, *, block, symmetry, refine=True,
-                 variable=None, config_text=None):
+                 frame="reference", variable=None, config_text=None):
         check_distinct([out_path], [cube_path, patches_path, checkpoint_path])
         self.model, payload = load_checkpoint(checkpoint_path)
         self.model.eval()
@@ -116,20 +171,36 @@ class EncodeJob:
                           zip(self.cube.data.chunks[:2], (positions.rows.step, positions.cols.step)))
         self.plan = EncodePlan(attrs["mode"], positions, block, align)
         self.reader = RegionReader(self.cube.data)
-        if symmetry == "auto":  # the lattice's, as the patch stage read it from the image
-            symmetry = int(attrs.get("lattice_symmetry", 1))
+        self.refine = refine = bool(refine and self.model.rotation)
+        # One frame: every window's angle against the decoder's image at one reference code
+        # (models.refinement); class-conditional decoders draw a different image per class.
+        self.reference = (frame_reference(self.model, patch_store, spec)
+                          if refine and frame == "reference" and not self.model.num_classes else None)
+        self.searches = {}  # an AngleSearch per device
+        chosen = {}
+        if symmetry == "auto":
+            symmetry, chosen = auto_symmetry(attrs, self.search(torch.device("cpu")) if self.reference else None)
         self.cube_path, self.out_path, self.symmetry = cube_path, out_path, int(symmetry)
-        self.refine = self.symmetry if refine and self.model.rotation else None  # the search's period
         self.run_record = {  # what makes two encodes the same run: checked before resuming or reusing
             "source_fingerprint": source_fingerprint, "variable": variable,
             "patches_fingerprint": provenance.store_fingerprint(patches_path, "patches"),
-            "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "symmetry": symmetry, "block": block,
-            "refined": self.refine is not None}
+            "checkpoint_sha256": provenance.file_sha256(checkpoint_path), "symmetry": self.symmetry, "block": block,
+            "refined": refine, "frame": frame if refine else "encoder"}
         self.attrs = {
             "source": str(Path(cube_path).resolve()), "source_mtime": provenance.modification_time(cube_path),
             "patches": str(Path(patches_path).resolve()), "checkpoint": str(Path(checkpoint_path).resolve()),
             "mode": self.plan.mode, "config": config_text or "", "software_version": provenance.software_version(),
-            "git_commit": provenance.git_commit(), "created": provenance.now(), **self.run_record}
+            "git_commit": provenance.git_commit(), "created": provenance.now(), **self.run_record, **chosen}
+        if self.reference is not None:
+            self.attrs["frame_reference_code"] = [round(v, 6) for v in self.reference]
+
+    def search(self, device):
+        """The :class:`~models.refinement.AngleSearch` of this model on ``device`` (None: no refinement)."""
+        if not self.refine:
+            return None
+        if device not in self.searches:
+            self.searches[device] = AngleSearch(self.model, self.reference, device=device)
+        return self.searches[device]
 
     def open(self, overwrite, reuse):
         """The results group to fill, or None (``reuse`` found complete results of this run).
@@ -137,8 +208,8 @@ class EncodeJob:
         return _open_or_create(self, overwrite, reuse)
 
     def encode(self, samples, batch_size, device=torch.device("cpu"), precision="fp32"):
-        """The posterior ``(mean, std, recon_error)`` of one block's samples."""
-        return encode_samples(self.model, samples, batch_size, device, precision, self.refine)
+        """The posterior ``(mean, std, recon_error, frame_offset)`` of one block's samples."""
+        return encode_samples(self.model, samples, batch_size, device, precision, self.search(device), self.symmetry)
 
     def cut(self, b):
         """Block ``b``'s samples, its region in the results, and its classical reference
@@ -161,6 +232,7 @@ class EncodeJob:
     def finish(self, group, world_size):
         """Mark the store complete: after every block is written, by one writer."""
         with writing(self.out_path):
+            write_reference_difference(self.out_path, group)
             # through this one handle: attributes written through another would be overwritten by
             # this handle's older copy at its next write (zarr keeps a group's attributes whole)
             group.attrs.update({"chunks_written": count_chunks(self.out_path), "world_size": world_size})
@@ -169,8 +241,8 @@ class EncodeJob:
 
 
 def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096, symmetry="auto",
-           refine=True, precision="fp32", threads=None, timeout=300, overwrite=False, reuse=False, config_text=None,
-           variable=None, environment=None, log=print):
+           refine=True, frame="reference", precision="fp32", threads=None, timeout=300, overwrite=False, reuse=False,
+           config_text=None, variable=None, environment=None, log=print):
     """``rvae encode``: write ``results.zarr``; resumes an unfinished run of the same inputs.
 
     Provenance is checked before anything is written: the patch store must have been cut from
@@ -189,7 +261,7 @@ def encode(cube_path, patches_path, checkpoint_path, out_path, *, batch_size=102
         torch.set_num_threads(threads)
     try:
         job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
-                        refine=refine, variable=variable, config_text=config_text)
+                        refine=refine, frame=frame, variable=variable, config_text=config_text)
         return _encode_on_ranks(strategy, job, batch_size=batch_size, precision=precision, overwrite=overwrite,
                                 reuse=reuse, log=log if strategy.is_main else (lambda line: None))
     finally:
@@ -257,13 +329,13 @@ def _encode_on_ranks(strategy, job, *, batch_size, precision, overwrite, reuse, 
 
 
 def encode_with_dask(client, cube_path, patches_path, checkpoint_path, out_path, *, batch_size=1024, block=4096,
-                     symmetry="auto", refine=True, overwrite=False, reuse=False, config_text=None, variable=None,
-                     log=print):
+                     symmetry="auto", refine=True, frame="reference", overwrite=False, reuse=False, config_text=None,
+                     variable=None, log=print):
     """``rvae encode --dask mpi|slurm``: every block still to do is a task on the cluster's workers, which
     read their block's region and write its results themselves; the job (model included) is
     sent to each worker once. Writes the same store as :func:`encode`."""
     job = EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
-                    refine=refine, variable=variable, config_text=config_text)
+                    refine=refine, frame=frame, variable=variable, config_text=config_text)
     with output_lock(out_path):
         group = job.open(overwrite, reuse)
         if group is None:

@@ -183,12 +183,44 @@ def _summary(results, symmetry, baseline=None):
         lines.append(f"classical reference (local FFT, {results['reference_angle'].attrs.get('symmetry')}-fold): the "
                      f"rVAE's angle differs by {np.nanmean(difference):.2f} deg on average, median "
                      f"{np.nanmedian(difference):.2f} deg, after one global offset (reference_map.png)")
+        regions, tolerance = results.rvae.disagreement()
+        if regions:
+            units = results["x"].attrs.get("units", "")
+            where = "; ".join(f"y {r['y'][0]:.4g} to {r['y'][1]:.4g}, x {r['x'][0]:.4g} to {r['x'][1]:.4g} {units} "
+                              f"({r['positions']} positions, median {r['median_deg']:.1f} deg)" for r in regions[:3])
+            more = f" and {len(regions) - 3} more" if len(regions) > 3 else ""
+            lines.append(f"WARNING: the rVAE's map and the classical reference disagree by more than "
+                         f"{tolerance:.1f} deg in {len(regions)} region(s): {where}{more}; do not trust the rotation "
+                         f"map there (reference_map.png)")
+    lines += _degenerate(results, symmetry)
     if baseline is not None:
         explained = ", ".join(f"{v:.1%}" for v in baseline["explained"])
         lines.append(f"PCA of the {len(baseline['pca'])} training windows: the first components explain {explained} "
                      f"of the variance (pca_nmf.png: PCA and NMF maps; no angle)")
     lines.append(f"checkpoint: {results.attrs.get('checkpoint')}  git {results.attrs.get('git_commit', '')[:10]}")
     return "\n".join(lines) + "\n"
+
+
+def _degenerate(results, symmetry, few=50):
+    """Warnings for results that cannot mean much: collapsed latents, an angle the posterior does
+    not determine, too few windows."""
+    warnings = []
+    z = results["z"].values.reshape(results.sizes["latent"], -1)
+    for i, values in enumerate(z):
+        low, high = np.nanpercentile(values, [5, 95])
+        if high - low < 1e-3:
+            warnings.append(f"WARNING: latent z{i} is the same for every window (5-95% range {high - low:.1e}): it "
+                            f"collapsed to its prior and its map and the manifold show nothing")
+    if "angle_std" in results:
+        period = 360 / symmetry
+        spread = float(np.degrees(np.nanmean(results["angle_std"].values)))
+        if spread > period / 2:
+            warnings.append(f"WARNING: the angle's mean posterior std ({spread:.0f} deg) exceeds half the symmetry's "
+                            f"period ({period:g} deg): the encoder does not determine the angle")
+    if results["recon_error"].size < few:
+        warnings.append(f"WARNING: only {results['recon_error'].size} windows: too few for the maps' statistics to "
+                        f"mean much")
+    return warnings
 
 
 def _save(fig, path):

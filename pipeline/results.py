@@ -86,9 +86,15 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
     }
     if model.rotation:
         refined = "refined against the decoder, " if attrs.get("refined") else ""
-        name = f"rotation, counter-clockwise, {refined}wrapped to (-pi/{symmetry}, pi/{symmetry}]"
+        frame = ("the decoder's image at the reference code (attrs frame_reference_code)"
+                 if "frame_reference_code" in attrs else "the decoder's image at the window's own code")
+        name = f"rotation, counter-clockwise, {refined}against {frame}, wrapped to (-pi/{symmetry}, pi/{symmetry}]"
         data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": name, "valid_range": [-half, half]})
         data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
+        if "frame_reference_code" in attrs:
+            data["frame_offset"] = (plan.dims, empty(), {
+                "units": "rad", "long_name": "rotation of the decoder's image at the window's code against the "
+                                             "reference image, included in angle (one frame for every window)"})
     if reference_symmetry:
         n = reference_symmetry
         data["reference_angle"] = (plan.dims, empty(), {
@@ -98,6 +104,11 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
         data["reference_confidence"] = (plan.dims, empty(), {
             "units": "1",
             "long_name": "classical reference: strength of the ring's n-fold harmonic (0 none, 1 perfect)"})
+        if model.rotation:
+            data["reference_difference"] = (plan.dims, empty(), {
+                "units": "rad", "symmetry": n,
+                "long_name": f"angle - reference_angle after one global offset, wrapped to (-pi/{n}, pi/{n}]: "
+                             f"near 0 where the rVAE and the classical map agree"})
     if model.translation:
         for axis in ("y", "x"):
             data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})
@@ -120,9 +131,10 @@ def mark_done(group, b):
     group["progress/block_done"][b] = 1
 
 
-def write_block(group, plan, model, region, mean, std, error, symmetry, reference=None):
-    """Write one block's posterior (columns ``[angle?, shift?, z...]``), and its classical
-    ``reference`` ``(angle, confidence)`` if any, into its region."""
+def write_block(group, plan, model, region, mean, std, error, offset, symmetry, reference=None):
+    """Write one block's posterior (columns ``[angle?, shift?, z...]``) with each window's frame
+    ``offset`` (included in the angle), and its classical ``reference`` ``(angle, confidence)`` if
+    any, into its region."""
     shape = tuple(len(range(*r.indices(n))) for r, n in zip(region, plan.shape))
 
     def put(name, values):  # values (n,) or (latent, n) in flat position order
@@ -133,6 +145,8 @@ def write_block(group, plan, model, region, mean, std, error, symmetry, referenc
     if model.rotation:
         put("angle", wrap_angle(mean[:, 0], symmetry))
         put("angle_std", std[:, 0])
+        if "frame_offset" in group:
+            put("frame_offset", wrap_angle(offset, symmetry))
         i = 1
     if model.translation:
         half = np.array(model.image_shape[1:]) / 2  # shift latents are in half-windows
@@ -197,3 +211,20 @@ def load_results(path):
         raise ValueError(f"results store {str(path)!r}: {missing[1]} values of {missing[0]!r} are missing (NaN) in a "
                          f"store marked complete (a damaged chunk, or a model that diverged); encode it again")
     return ds
+
+
+def write_reference_difference(path, group):
+    """Fill ``reference_difference`` from the written angles (call once every block is written):
+    the circular offset of ``angle`` against ``reference_angle`` over the whole map, a Dask
+    reduction, then each chunk's difference, written chunk by chunk."""
+    import dask.array as da
+
+    ds = xr.open_zarr(path)
+    if "reference_difference" not in ds:
+        return
+    n = int(ds["reference_difference"].attrs["symmetry"])
+    turn = n * (ds["angle"].data - ds["reference_angle"].data)
+    cos, sin = da.compute(da.nanmean(da.cos(turn)), da.nanmean(da.sin(turn)))
+    offset = np.arctan2(sin, cos)
+    difference = da.angle(da.exp(1j * (turn - offset))) / n
+    da.store(difference.astype(np.float32), group["reference_difference"], lock=False)

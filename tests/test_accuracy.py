@@ -98,3 +98,55 @@ def test_default_settings_map_real_images_below_a_degree(tmp_path, real_file, na
     assert found["positions"] > 50
     # measured (docs/bench_accuracy.md): ADF 0.0x deg, ABF 0.3x deg; the classical reference 0.15 and 0.5 deg
     assert found["rVAE"] < 1.0 and found["rVAE"] <= found["classical"] and found["rVAE"] < amortized, found
+
+
+@pytest.fixture(scope="module")
+def one_frame(lattice_cube, trained_lattice, tmp_path_factory):
+    """The demo lattice's results with the default one frame, and each position's grain."""
+    patches, checkpoint = trained_lattice
+    out = tmp_path_factory.mktemp("one-frame") / "r.zarr"
+    encode(lattice_cube, patches, checkpoint, out, symmetry=6, log=lambda line: None)
+    results = xr.open_zarr(out).load()
+    cube = open_store(lattice_cube)
+    grain = cube["grain"].sel(y=xr.DataArray(results["y"].values), x=xr.DataArray(results["x"].values),
+                              method="nearest").values
+    return out, results, grain
+
+
+def test_z_does_not_tell_grains_that_differ_only_by_rotation_apart(one_frame):
+    """The four grains hold the same lattice: each latent's between-grain variance is below its
+    within-grain variance (with z read from each window as it came, 2-9 times above: issue 26)."""
+    _, results, grain = one_frame
+    assert results.attrs["frame"] == "reference" and len(results.attrs["frame_reference_code"]) == 2
+    for i, z in enumerate(results["z"].values):
+        groups = [z[grain == g] for g in np.unique(grain)]
+        ratio = np.var([g.mean() for g in groups]) / np.mean([g.var() for g in groups])
+        assert ratio < 1.0, (i, ratio)
+    assert np.abs(np.degrees(results["frame_offset"].values)).max() < 30  # present, and within the period
+
+
+def test_the_report_flags_a_misframed_map_and_stays_quiet_on_a_right_one(one_frame, tmp_path):
+    import shutil
+
+    import zarr
+
+    from pipeline.report import write_report
+    from pipeline.results import wrap_angle, write_reference_difference
+
+    path, results, grain = one_frame
+    lines = []
+    write_report(path, tmp_path / "right", log=lines.append)
+    assert "WARNING" not in "\n".join(lines)
+    wrong = tmp_path / "wrong.zarr"
+    shutil.copytree(path, wrong)
+    group = zarr.open_group(str(wrong), mode="r+")
+    angle = results["angle"].values.copy()
+    angle[grain == 2] += np.radians(20)  # one grain in a frame of its own, as issue 26 found one
+    group["angle"][:] = wrap_angle(angle, 6)
+    write_reference_difference(wrong, group)
+    lines = []
+    write_report(wrong, tmp_path / "wrong", log=lines.append)
+    warning = next(line for line in "\n".join(lines).splitlines() if line.startswith("WARNING"))
+    assert "disagree" in warning and "1 region(s)" in warning, warning
+    low, high = (float(v) for v in warning.split(": y ")[1].split(",")[0].split(" to "))
+    assert low <= np.median(results["y"].values[grain == 2]) <= high  # it names where the mis-framed grain is

@@ -18,7 +18,8 @@ def grid_results(angles_deg, symmetry=6):
     angle = np.radians(np.asarray(angles_deg, dtype=float))[None, :]
     return xr.Dataset({"angle": (("y", "x"), angle, {"units": "rad"}),
                        "recon_error": (("y", "x"), np.zeros_like(angle))},
-                      coords={"y": [0.0], "x": np.arange(angle.shape[1]) * 0.5}, attrs={"symmetry": symmetry})
+                      coords={"y": [0.0], "x": np.arange(angle.shape[1]) * 0.5},
+                      attrs={"symmetry": symmetry, "complete": True})
 
 
 def test_circular_statistics_across_the_wrap():
@@ -195,3 +196,28 @@ def test_the_report_sets_the_classical_reference_beside_the_rvae(demo_dir):
     error = np.degrees(np.abs(circular_error(res["reference_angle"].values, truth.values, 6)[0]))
     assert error.mean() < 1.0, error.mean()  # the reference itself is right on the synthetic grains
     assert np.nanmedian(np.abs(res.rvae.against_reference().values)) < 2.0
+
+
+def test_the_report_says_when_results_cannot_mean_much(results, tmp_path):
+    """Seen in a facility trial and not flagged then: latents collapsed to a point, a posterior
+    angle std wider than the period, a few dozen windows."""
+    import shutil
+
+    import zarr
+
+    from pipeline.report import write_report
+
+    lines = []
+    write_report(results, tmp_path / "fine", log=lines.append)
+    assert "WARNING" not in "\n".join(lines)
+    collapsed = tmp_path / "collapsed.zarr"
+    shutil.copytree(results, collapsed)
+    group = zarr.open_group(str(collapsed), mode="r+")
+    z = group["z"].with_config({"write_empty_chunks": True})
+    z[:] = 0.25 + np.random.default_rng(0).normal(0, 1e-7, z.shape)
+    group["angle_std"][:] = np.radians(200)
+    lines = []
+    write_report(collapsed, tmp_path / "collapsed", log=lines.append)
+    text = "\n".join(lines)
+    assert "latent z0 is the same for every window" in text and "latent z1 is the same" in text
+    assert "does not determine the angle" in text
