@@ -22,7 +22,7 @@ import torch
 
 from .polar import best_angle, polar_grid, polar_size, rotation_scores, rotational_symmetry, sample_polar, spectrum
 
-MAX_HALF_SPAN = math.radians(45.0)  # no lattice (n = 1, 2): a search of +-45 deg about the encoder's angle
+MAX_HALF_SPAN = math.radians(45.0)  # no symmetry (n = 1): a search of +-45 deg about the encoder's angle
 
 
 class AngleSearch:
@@ -52,8 +52,9 @@ class AngleSearch:
         """``(angle, offset)`` (radians, ``(B,)`` each) of windows ``x`` ``(B, C, H, W)``: the angle
         that maximises the decoder's likelihood of each window's inscribed disc with the content
         latents (and shift) held at ``encoded`` (the encoder's posterior mean, ``[angle, shift?,
-        z...]``), searched within one period ``(-pi/n, pi/n]`` (at most +-45 deg) of the encoder's
-        angle, plus the offset of that code's image against the reference image (0 without one).
+        z...]``), searched over the whole circle for a symmetric lattice (``symmetry`` > 1; its
+        equivalent turns score alike) and within +-45 deg of the encoder's angle otherwise, plus
+        the offset of that code's image against the reference image (0 without one).
         ``rendering``: :meth:`~models.rvae.RVAE.renderer` of those latents, if the caller has it."""
         model = self.model
         if not model.rotation:
@@ -71,7 +72,9 @@ class AngleSearch:
                                                    align_corners=False)
         else:
             data = sample_polar(x, grid)
-        half = min(math.pi / symmetry, MAX_HALF_SPAN)
+        # every angle is scored at once: a lattice's best turn is searched over the whole circle
+        # (its equivalent turns score alike); without a symmetry, near the encoder's angle
+        half = math.pi if symmetry > 1 else MAX_HALF_SPAN
         angle = best_angle(rotation_scores(data, template, self.weights), start, half)
         if self.reference is None:
             return angle, torch.zeros_like(angle)

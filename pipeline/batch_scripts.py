@@ -88,7 +88,8 @@ def launcher(stage, site):
         # -c: since Slurm 22.05 srun no longer takes --cpus-per-task from the job. --wait: once one
         # rank ends the others get 60 s to follow: a crashed rank fails the job within a minute.
         return ["srun", f"--cpus-per-task={site.cpus_per_task}", "--wait=60", f"--mpi={site.mpi}",
-                *([f"--cpu-bind={site.cpu_bind}"] if site.cpu_bind else [])]
+                *([f"--cpu-bind={site.cpu_bind}"] if site.cpu_bind else []),
+                *([f"--gpus-per-task={site.gpus_per_task}"] if site.gpus_per_task else [])]
     if BY_NAME[stage].dask:
         return ["srun", f"--cpus-per-task={site.dask_cpus}", *([f"--mpi={site.mpi}"] if site.dask == "mpi" else [])]
     return ["srun", "--cpus-per-task=1"]

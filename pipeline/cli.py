@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 import typing
+from pathlib import Path
 
 from . import config as cfg
 from .scheduler import SCHEDULERS
 from .stages import NAMES
 from .stores import out_of_resources
 
-SITE_OVERRIDES = ("account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend")
+SITE_OVERRIDES = ("account", "cpu_account", "partition", "qos", "nodes", "tasks_per_node", "gpus_per_node", "backend")
 DASK_HELP = ("where Dask runs: threads, a LocalCluster, the ranks of an MPI job, or workers as SLURM jobs "
              "(default: local)")
 
@@ -64,6 +65,9 @@ def build_parser():
             _add_section(p, section)
         if takes_dask:
             p.add_argument("--dask", choices=SCHEDULERS, default="local", help=DASK_HELP)
+            p.add_argument("--site", help="with --dask slurm: the site profile (a shipped name or a YAML path) whose "
+                                          "account, partition, QOS and setup lines the worker jobs take; their logs "
+                                          "go to slurm/logs beside the output")
     p = command("run", "run the chain's stages from a YAML configuration in its workdir (each stage runs, resumes, "
                        "or is kept when its output is up to date)",
                 [("config", "the run's YAML configuration (examples/*.yaml)")],
@@ -140,6 +144,7 @@ def main(argv=None):
     rank = f"[rank {env.rank}] " if env.world_size > 1 else ""
     try:
         _dispatch(args)
+        sys.stdout.flush()  # here, where a reader that has gone (a closed pipe) is caught below
     except Preempted as err:
         if env.rank == 0:
             print(f"rvae {args.command}: preempted: {err}", file=sys.stderr)
@@ -195,7 +200,15 @@ def _dispatch(args):
 
     talks = ClusterEnvironment.detect().rank == 0 or getattr(args, "dask", None) == "mpi"
     say = builtins.print if talks else (lambda *a, **k: None)
-    with dask_scheduler(kind) if kind else contextlib.nullcontext():
+    site, logs = None, None
+    if getattr(args, "site", None) and args.command in COMMANDS and kind != "slurm":
+        raise ValueError("--site is for the worker jobs of --dask slurm; add --dask slurm, or leave --site out")
+    if kind == "slurm":
+        from .sites import load_site
+
+        site = load_site(args.site) if args.site else None
+        logs = Path(args.out).resolve().parent / "slurm" / "logs"
+    with dask_scheduler(kind, site=site, logs=logs) if kind else contextlib.nullcontext():
         HANDLERS[args.command](args, say)
 
 

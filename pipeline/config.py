@@ -92,7 +92,8 @@ class PatchesConfig(Section):
         "auto", description="points mode: atom columns are intensity maxima (bright, e.g. HAADF) or minima (dark, "
                             "e.g. ABF); auto: dark where the intensities are skewed towards low values")
     threshold: float = Field(
-        0.3, ge=0, le=1, description="points mode: peak threshold, fraction of the intensity range")
+        0.3, ge=0, le=1, description="points mode: peak threshold, a fraction of the intensity range (its 0.5th to "
+                                     "99.5th percentile: a few very bright dopant columns do not raise it)")
     points: Optional[Path] = Field(
         None, description="points mode: CSV (or Zarr) of given positions, columns row,col (px) or y,x (physical); "
                           "default: find atom columns")
@@ -184,6 +185,9 @@ class RunConfig(Section):
     dask: Literal["threads", "local", "mpi", "slurm"] = Field(
         "local", description="where the Dask stages run (pipeline.scheduler)")
     input: Optional[Path] = Field(None, description="source file or Zarr cube; null: generate synthetic data")
+    site: Optional[str] = Field(None, description="dask: slurm: the site profile (a shipped name or a YAML path) "
+                                                  "whose account, partition, QOS and setup lines the Dask worker "
+                                                  "jobs take; their logs go to WORKDIR/slurm/logs")
     synthetic: SyntheticConfig = SyntheticConfig()
     ingest: IngestConfig = IngestConfig()
     patches: PatchesConfig = PatchesConfig()
@@ -196,6 +200,9 @@ class RunConfig(Section):
         if self.patches.mode == "frames" and self.patches.transform != "none":
             raise ValueError("patches.transform applies to 'points' and 'grid' windows, not to 'frames'")
         check_encode_on_dask(self.dask, **self.encode.model_dump())
+        if self.site and self.dask != "slurm":
+            raise ValueError(f"site: {self.site!r} is for the Dask worker jobs of dask: slurm (dask is {self.dask!r}); "
+                             f"set dask: slurm, or leave site out (rvae submit takes --site)")
         return self
 
 

@@ -202,6 +202,14 @@ class EncodeJob:
             self.searches[device] = AngleSearch(self.model, self.reference, device=device)
         return self.searches[device]
 
+    def done(self):
+        """Whether complete results of this same run are already at the output (what ``reuse`` keeps)."""
+        try:
+            existing = dict(zarr.open_group(str(self.out_path), mode="r").attrs)
+        except Exception:  # nothing there, or not a store
+            return False
+        return existing.get("complete") is True and all(existing.get(k) == v for k, v in self.run_record.items())
+
     def open(self, overwrite, reuse):
         """The results group to fill, or None (``reuse`` found complete results of this run).
         Call with the output's lock held."""
@@ -427,3 +435,12 @@ def _open_or_create(job, overwrite, reuse):
         for name in template.coords:  # coordinates are in memory: write them now, not with the blocks
             group[name][:] = template[name].values
     return zarr.open_group(str(out), mode="r+")
+
+
+def encoded(cube_path, patches_path, checkpoint_path, out_path, *, block=4096, symmetry="auto", refine=True,
+            frame="reference", variable=None, **_):
+    """Whether ``out_path`` holds complete results of this same encode: what ``rvae run`` would keep."""
+    if not Path(out_path).exists():
+        return False
+    return EncodeJob(cube_path, patches_path, checkpoint_path, out_path, block=block, symmetry=symmetry,
+                     refine=refine, frame=frame, variable=variable).done()

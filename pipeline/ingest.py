@@ -348,11 +348,12 @@ def cube_chunks(dims, shape, dtype, file_chunks=None):
 
 def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None, signal_pixel_size=None,
            signal_units=None, shard=None, overwrite=False,
-           reuse=False, progress=True, log=print):
+           reuse=False, check_only=False, progress=True, log=print):
     """``rvae ingest``: convert ``source`` to a Zarr v3 cube at ``out``; returns the Dataset.
 
     ``reuse``: an existing cube ingested from this same file (path, size, modification time) with
-    these same options is kept (``rvae run`` continuing a run).
+    these same options is kept (``rvae run`` continuing a run). ``check_only``: write nothing;
+    return whether ``reuse`` would keep the cube at ``out``.
     """
     check_distinct([out], [source])
     options = {"dims": dims, "dataset": dataset, "pixel_size": pixel_size, "units": units, "shard": shard}
@@ -363,6 +364,8 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
     stat = Path(source).stat()
     record = {"source": str(Path(source).resolve()), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns,
               "options": json.dumps(options, sort_keys=True)}
+    if check_only:
+        return records_match(out, record)
     if reuse and records_match(out, record):
         log(f"{out}: up to date (ingested from this file with these options), kept")
         return open_store(out, what="cube")

@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from scipy import ndimage
 
 from . import provenance
 from .compression import patch_codecs
@@ -69,15 +70,15 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, polar
     from .peaks import find_atom_columns
 
     image = cube.data if cube.ndim == 2 else cube.data.sum(axis=-1)  # channels summed to find columns
-    finite, lo, hi, skew = compute(da.isfinite(cube.data).all(), image.min(), image.max(), skewness(image),
-                                   progress=False)
+    finite, skew = compute(da.isfinite(cube.data).all(), skewness(image), progress=False)
     if not finite:
         raise ValueError(f"cube {cube.name!r} contains NaN or Inf values; clean or mask them before extracting patches")
     if polarity == "auto":  # bright columns on a dark background skew the intensities high; dark ones, low
         polarity = "dark" if skew < 0 else "bright"
     if polarity == "dark":  # columns are minima: find the maxima of the negated image
-        image, lo, hi = -image, -hi, -lo
-    found = find_atom_columns(image, min_distance=min_distance, threshold=threshold, intensity_range=(lo, hi))
+        image = -image
+    found = find_atom_columns(image, min_distance=min_distance, threshold=threshold,
+                              intensity_range=typical_range(image))
     found = found[inside(found.round().astype(int), shape, window)]
     if len(found) == 0:
         raise ValueError(f"no atom columns found with a whole {window}-px window inside the image "
@@ -86,6 +87,16 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, polar
     return found, {"columns_polarity": polarity,
                    "columns_choice": f"{len(found)} {polarity} columns (intensity skewness {skew:+.2f}), at least "
                                      f"{min_distance} px apart"}
+
+
+def typical_range(image, tile=128, count=16):
+    """The 0.5th and 99.5th percentiles of the (lightly smoothed) intensities of sampled tiles: the
+    range a column threshold is a fraction of. Not the minimum and maximum: a few dopant columns
+    several times brighter than the host's would put every host column under the threshold."""
+    from .lattice import sample_tiles
+
+    smooth = ndimage.gaussian_filter(sample_tiles(image, tile, count), (0, 1, 1))
+    return tuple(np.percentile(smooth, [0.5, 99.5]))
 
 
 def skewness(image):
@@ -316,18 +327,21 @@ def store_block(samples, target, block_info=None):
     return np.array([[samples.min(), samples.max(), finite]], dtype=float)
 
 
-def write_patches(cube_path, out_path, *, variable="data", overwrite=False, reuse=False, progress=True, log=print,
-                  **options):
+def write_patches(cube_path, out_path, *, variable="data", overwrite=False, reuse=False, check_only=False,
+                  progress=True, log=print, **options):
     """``rvae patches``: extract and write the patch store in one pass over the cube; returns the store.
 
     The store records the cube it was cut from (path and :func:`~pipeline.provenance.store_fingerprint`),
     which the encode stage checks. ``reuse``: an existing store cut from this same cube with these
-    same options is kept as it is (``rvae run`` continuing a run).
+    same options is kept as it is (``rvae run`` continuing a run). ``check_only``: write nothing;
+    return whether ``reuse`` would keep the store at ``out_path``.
     """
     check_distinct([out_path], [cube_path, options.get("points")])
     cube = open_cube(cube_path, variable)
     record = {"source_fingerprint": provenance.store_fingerprint(cube_path, variable), "variable": variable,
               "options": json.dumps(options, sort_keys=True, default=str)}
+    if check_only:
+        return records_match(out_path, record)
     if reuse and records_match(out_path, record):
         log(f"{out_path}: up to date (cut from this cube with these options), kept")
         return open_store(out_path, what="patch store")

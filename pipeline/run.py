@@ -23,7 +23,13 @@ def run(config, *, stages=NAMES, overwrite=False, progress=True, log=print):
     paths = stage_paths(config.workdir)
     if config.input is not None and is_cube(config.input):
         paths["cube"] = Path(config.input)
-    with dask_scheduler(config.dask if uses_dask else "threads"):
+    site = None
+    if config.dask == "slurm" and config.site:
+        from .sites import load_site
+
+        site = load_site(config.site)
+    logs = Path(config.workdir) / "slurm" / "logs"
+    with dask_scheduler(config.dask if uses_dask else "threads", site=site, logs=logs):
         for name in (name for name in NAMES if name in stages):
             RUNNERS[name](config, paths, overwrite, progress, log)
     return paths
@@ -78,6 +84,43 @@ def _run_report(config, paths, overwrite, progress, log):
         log(f"{paths['report']}: already drawn from these results, kept")
     else:
         write_report(paths["results"], paths["report"], overwrite=overwrite, log=log)
+
+
+def up_to_date(config, stage, world_size=1):
+    """Whether ``stage``'s output in the run's workdir is complete and made from the same inputs with
+    the same settings (``world_size`` ranks for training): what :func:`run` would keep, checked
+    without writing anything (``rvae submit`` skips such stages)."""
+    paths = stage_paths(config.workdir)
+    if config.input is not None and is_cube(config.input):
+        paths["cube"] = Path(config.input)
+    try:
+        if stage == "cube":
+            if config.input is None:
+                from .synthetic import write_synthetic
+
+                return write_synthetic(paths["cube"], check_only=True, **config.synthetic.model_dump())
+            from .ingest import ingest
+
+            return is_cube(config.input) or ingest(config.input, paths["cube"], check_only=True,
+                                                   **config.ingest.model_dump())
+        if stage == "patches":
+            from .patches import write_patches
+
+            return write_patches(paths["cube"], paths["patches"], check_only=True, **config.patches.model_dump())
+        if stage == "train":
+            from .train import trained
+
+            return trained(paths["patches"], paths["checkpoint"], world_size=world_size,
+                           model_options=config.model.model_dump(), **config.train.model_dump())
+        if stage == "encode":
+            from .encode import encoded
+
+            return encoded(paths["cube"], paths["patches"], paths["checkpoint"], paths["results"],
+                           variable=config.patches.variable, **config.encode.model_dump())
+        summary, results = paths["report"] / "summary.txt", paths["results"] / "zarr.json"
+        return summary.is_file() and summary.stat().st_size > 0 and summary.stat().st_mtime >= results.stat().st_mtime
+    except (OSError, ValueError):  # an input that is missing or changed: the stage runs and says so
+        return False
 
 
 RUNNERS = {"cube": _run_cube, "patches": _run_patches, "train": _run_train, "encode": _run_encode,

@@ -7,8 +7,10 @@ same engine as a multi-node run, with its memory management, on one node.
 runs the scheduler, rank 1 runs the stage (the client), the other ranks are workers; every rank
 but the client exits when the stage ends. Start at least 3 ranks.
 ``slurm`` runs the workers as SLURM jobs (dask-jobqueue's ``SLURMCluster``, adaptive: from one
-job up to ``rvae.slurm.max_jobs``, default 4), from a login node or another job. Their size,
-partition and account are dask-jobqueue's settings (``jobqueue.slurm.*`` in
+job up to ``rvae.slurm.max_jobs``, default 4), from a login node or another job. With a site
+profile (``--site``, or ``site:`` in a run's configuration) they take its account, partition,
+QOS, setup lines and environment (those of its CPU-only stages) and log to ``WORKDIR/slurm/logs``;
+otherwise their size, partition and account are dask-jobqueue's settings (``jobqueue.slurm.*`` in
 ``~/.config/dask/jobqueue.yaml`` or ``DASK_JOBQUEUE__SLURM__*`` variables); where those leave
 them unset, a worker job is 1 core, 2 GiB and an hour.
 """
@@ -18,18 +20,23 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 SCHEDULERS = ("threads", "local", "mpi", "slurm")
 
 
 @contextmanager
-def dask_scheduler(kind="local"):
-    """Run the enclosed Dask work on ``kind``; yields the ``distributed.Client`` (None for threads)."""
+def dask_scheduler(kind="local", site=None, logs=None):
+    """Run the enclosed Dask work on ``kind``; yields the ``distributed.Client`` (None for threads).
+
+    ``slurm``: worker jobs take the ``site`` profile (:class:`~pipeline.sites.Site`: the CPU-only
+    stages' account, partition, QOS and constraint, its reservation, memory and extra directives,
+    its ``setup`` lines and environment) and write their logs in ``logs``."""
     if kind not in SCHEDULERS:
         raise ValueError(f"--dask {kind!r} is not one of {', '.join(SCHEDULERS)}")
     if kind != "mpi":
         match_zarr_pool(os.cpu_count())
-    with CLUSTERS[kind]() as client:
+    with (_slurm_cluster(site, logs) if kind == "slurm" else CLUSTERS[kind]()) as client:
         yield client
 
 
@@ -90,19 +97,44 @@ SLURM_WORKER = {"cores": 1, "memory": "2GiB", "walltime": "01:00:00"}  # where j
 
 
 @contextmanager
-def _slurm_cluster():
+def _slurm_cluster(site=None, logs=None):
     import dask
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     logging.getLogger("distributed").setLevel(logging.ERROR)  # worker jobs come and go at length
     unset = {key: value for key, value in SLURM_WORKER.items() if dask.config.get(f"jobqueue.slurm.{key}") is None}
-    with SLURMCluster(**unset) as cluster, Client(cluster) as client:
+    options = {**unset, **(worker_jobs(site) if site else {})}
+    if logs is not None:
+        Path(logs).mkdir(parents=True, exist_ok=True)
+        options["log_directory"] = str(logs)
+    with SLURMCluster(**options) as cluster, Client(cluster) as client:
         cluster.adapt(minimum_jobs=1, maximum_jobs=dask.config.get("rvae.slurm.max_jobs", 4))
         yield client
 
 
-CLUSTERS = {"threads": _threads, "local": _local_cluster, "mpi": _mpi_cluster, "slurm": _slurm_cluster}
+def worker_jobs(site):
+    """dask-jobqueue ``SLURMCluster`` options from a site profile: Dask workers are CPU jobs, so the
+    profile's CPU-only stages' account, partition, QOS and constraint, its reservation, memory and
+    extra directives, and its setup lines and environment before each worker starts."""
+    from .batch_scripts import export, one_line
+
+    chosen = site.for_stage(cpu_only=True)
+    directives = [f"--{key}={value}" for key, value in (("qos", chosen["qos"]), ("constraint", chosen["constraint"]),
+                                                        ("reservation", site.reservation)) if value]
+    options = {"job_extra_directives": [*directives, *site.extra_sbatch],
+               "job_script_prologue": [*(one_line(line, "setup") for line in site.setup),
+                                       *(export(key, value) for key, value in site.env.items())]}
+    if chosen["account"]:  # one word each (the profile's schema): safe on an #SBATCH line
+        options["account"] = chosen["account"]
+    if chosen["partition"]:
+        options["queue"] = chosen["partition"]
+    if site.mem:
+        options["job_mem"] = site.mem
+    return options
+
+
+CLUSTERS = {"threads": _threads, "local": _local_cluster, "mpi": _mpi_cluster}
 
 
 def match_zarr_pool(threads):

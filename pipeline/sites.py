@@ -61,6 +61,7 @@ class Site(Section):
     tasks_per_node: int = Field(1, ge=1)
     cpus_per_task: int = Field(1, ge=1)
     gpus_per_node: int = Field(0, ge=0)
+    gpus_per_task: Optional[int] = Field(None, ge=1)  # srun --gpus-per-task for the ranks (OLCF's examples)
     gpu_bind: Optional[Word] = None
     cpu_bind: Optional[Word] = None
     mpi: Word = "pmix"

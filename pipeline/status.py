@@ -1,8 +1,9 @@
 """``rvae status RUN_DIR`` and ``rvae cancel RUN_DIR``: the jobs of an ``rvae submit``.
 
 Each stage's state comes from SLURM (``squeue`` while queued or running, ``scontrol show job``
-for a while after; ``sacct`` where accounting is kept), its progress from its output (epochs in
-the checkpoint, blocks in the results), and a failed stage is named with the tail of its log.
+for a while after; ``sacct`` where accounting is kept, which also says what each job used: elapsed
+time, CPU time, GPUs), its progress from its output (epochs in the checkpoint, blocks in the
+results), and a failed stage is named with the tail of its log; a cancelled one is not a failure.
 """
 import os
 import re
@@ -37,6 +38,28 @@ def job_state(job_id):
         state, code = accounted.stdout.strip().splitlines()[0].split("|")
         return state.split()[0], "", code.split(":")[0]
     return "UNKNOWN", "no longer known to SLURM", None
+
+
+def job_usage(job_id):
+    """What a job used, from SLURM's accounting (``sacct``), as a few words ("" without accounting):
+    its elapsed time, CPU time against the CPUs it held, and its GPUs."""
+    accounted = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "Elapsed,TotalCPU,AllocTRES"],
+                               capture_output=True, text=True)
+    if accounted.returncode != 0 or not accounted.stdout.strip():
+        return ""
+    return describe_usage(accounted.stdout.strip().splitlines()[0])
+
+
+def describe_usage(line):
+    """``"Elapsed|TotalCPU|AllocTRES"`` (``sacct -P``) as ``elapsed ..., CPU ... of N CPUs, G GPUs``."""
+    elapsed, cpu, tres = (line.split("|") + ["", "", ""])[:3]
+    held = dict(item.split("=", 1) for item in tres.split(",") if "=" in item)
+    words = [f"elapsed {elapsed}"] if elapsed else []
+    if cpu:
+        words.append(f"CPU {cpu}" + (f" of {held['cpu']} CPUs" if "cpu" in held else ""))
+    if "gres/gpu" in held:
+        words.append(f"{held['gres/gpu']} GPU(s)")
+    return ", ".join(words)
 
 
 def run_paths(config_path):
@@ -89,7 +112,7 @@ def status(run_dir, *, tail=15, log=print):
         if len(configs) == 1:
             (state, reason, code), = found
             detail = ", ".join(x for x in (reason, f"exit {code}" if code not in (None, "0") else "",
-                                           progress(stage, paths)) if x)
+                                           progress(stage, paths), job_usage(job)) if x)
             log(f"  {stage:8} job {job:>8}  {state:12} {detail}")
         else:
             counts = {state: states[stage].count(state) for state in dict.fromkeys(states[stage])}

@@ -126,6 +126,13 @@ def submit(config, site_name, *, inputs=None, dry_run=False, show_scripts=False,
     paths = submission_paths(config.workdir)
     runs = [prepare(c, site) for c in (campaign(config, inputs) if inputs else [config])]
     stages = NAMES if inputs else stages_of(runs[0])
+    kept = [] if inputs else _up_to_date_stages(runs[0], stages, site.ranks)
+    stages = [stage for stage in stages if stage not in kept]
+    for stage in kept:
+        log(f"{stage:8} up to date (its output is complete, from the same inputs and settings): not submitted")
+    if not stages:
+        log(f"every stage of {paths['dir'].parent} is up to date: nothing to submit")
+        return None
     scripts = {stage: render(stage, site, paths, len(runs) if inputs else 1) for stage in stages}
     rows = plan(stages, site, len(runs) if inputs else 1)
     if dry_run:
@@ -152,7 +159,8 @@ def submit(config, site_name, *, inputs=None, dry_run=False, show_scripts=False,
         configs = [paths["config"]]
     for path, run in zip(configs, runs):
         path.write_text(to_yaml(run))
-    record = Submission(site=site.name, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"), configs=list(map(str, configs)))
+    record = Submission(site=site.name, submitted=time.strftime("%Y-%m-%dT%H:%M:%S"), configs=list(map(str, configs)),
+                        up_to_date=kept)
     previous = None
     for row in rows:
         stage = row["stage"]
@@ -173,6 +181,19 @@ def submit(config, site_name, *, inputs=None, dry_run=False, show_scripts=False,
             + (" ..." if inputs else ""))
     log(f"follow it with: rvae status {paths['dir'].parent}")
     return record
+
+
+def _up_to_date_stages(config, stages, world_size):
+    """The leading stages whose outputs :func:`pipeline.run.up_to_date` would keep: the first
+    stage that must run, and every stage after it, are submitted."""
+    from .run import up_to_date
+
+    kept = []
+    for stage in stages:
+        if not up_to_date(config, stage, world_size):
+            break
+        kept.append(stage)
+    return kept
 
 
 def _refuse_if_running(paths):

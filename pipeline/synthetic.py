@@ -146,10 +146,11 @@ def rotating_diffraction(*, size=16, detector=32, grains=4, dose=200.0, pixel_si
 SYNTH_DEFAULTS = {"lattice": {"size": 384, "spacing": 10.0, "drift": 0.0}, "4dstem": {"size": 16}}
 
 
-def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=print, **params):
+def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, check_only=False, log=print, **params):
     """Generate the embedded dataset and write it as a Zarr v3 cube. Returns the Dataset.
 
     ``reuse``: an existing cube made with these same parameters is kept (``rvae run`` continuing).
+    ``check_only``: write nothing; return whether ``reuse`` would keep the cube at ``path``.
     """
     import json
 
@@ -169,6 +170,8 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, log=p
                              f"position holds a 64 x 64 pattern in memory)")
     params = {**SYNTH_DEFAULTS[kind], **given}
     record = {"synthetic": json.dumps({"kind": kind, **params}, sort_keys=True)}
+    if check_only:
+        return records_match(path, record)
     if reuse and records_match(path, record):
         log(f"{path}: up to date (made with these parameters), kept")
         return open_store(path, what="cube")

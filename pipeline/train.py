@@ -102,19 +102,8 @@ def _train(strategy, patches_path, checkpoint_path, model_options, options, *, o
     log(f"training on {strategy.describe()}, {torch.get_num_threads()} torch thread(s) per rank")
     reader = ShardedPatchReader(patches_path, batch_size=options.batch_size, rank=strategy.rank,
                                 world_size=strategy.world_size, seed=options.seed, pin_memory=device.type == "cuda")
+    epochs, restarts, settings = _schedule(reader, patches_path, model_options, options, strategy.world_size, log)
     steps_per_epoch = reader.steps_per_epoch(1)
-    epochs, restarts = options.epochs, options.restarts
-    if epochs == "auto":
-        epochs = auto_epochs(steps_per_epoch)
-        log(f"epochs auto: {epochs} ({steps_per_epoch} step(s) of {reader.batch_size} x {strategy.world_size} rank(s) "
-            f"per epoch; at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
-        if restarts == "auto":
-            restarts = RESTARTS if epochs > DEFAULT_EPOCHS else 1
-    restarts = 1 if restarts == "auto" else restarts
-    settings = {"patches": str(patches_path), "patches_fingerprint": store_fingerprint(patches_path, "patches"),
-                "batch_size": reader.batch_size, "lr": options.lr, "restarts": restarts,
-                "kl_warmup": options.kl_warmup, "seed": options.seed, "world_size": strategy.world_size,
-                "model": dict(model_options)}
     resumed = _resume_state(checkpoint_path, settings, epochs, overwrite, reuse)
     if resumed is not None and resumed.get("finished"):
         log(f"{checkpoint_path}: up to date (trained on this patch store with these settings), kept")
@@ -145,6 +134,38 @@ def _train(strategy, patches_path, checkpoint_path, model_options, options, *, o
         log(f"resuming from {checkpoint_path}: epoch {start_epoch}, step {start_step}")
     loop.run(start_epoch, start_step, options.checkpoint_every)
     return model
+
+
+def _schedule(reader, patches_path, model_options, options, world_size, log=lambda line: None):
+    """``(epochs, restarts, settings)``: "auto" resolved for this patch store on this many ranks,
+    and the settings a checkpoint records (what makes two trainings the same run)."""
+    steps_per_epoch = reader.steps_per_epoch(1)
+    epochs, restarts = options.epochs, options.restarts
+    if epochs == "auto":
+        epochs = auto_epochs(steps_per_epoch)
+        log(f"epochs auto: {epochs} ({steps_per_epoch} step(s) of {reader.batch_size} x {world_size} rank(s) "
+            f"per epoch; at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
+        if restarts == "auto":
+            restarts = RESTARTS if epochs > DEFAULT_EPOCHS else 1
+    restarts = 1 if restarts == "auto" else restarts
+    settings = {"patches": str(patches_path), "patches_fingerprint": store_fingerprint(patches_path, "patches"),
+                "batch_size": reader.batch_size, "lr": options.lr, "restarts": restarts,
+                "kl_warmup": options.kl_warmup, "seed": options.seed, "world_size": world_size,
+                "model": dict(model_options)}
+    return epochs, restarts, settings
+
+
+def trained(patches_path, checkpoint_path, *, world_size=1, model_options=None, **options):
+    """Whether ``checkpoint_path`` holds a finished training of this patch store with these
+    options (:func:`train`'s) on ``world_size`` ranks: what ``rvae run`` would keep."""
+    if not Path(checkpoint_path).is_file():
+        return False
+    known = {name: value for name, value in options.items() if name in TrainOptions.__dataclass_fields__}
+    options = TrainOptions(**known)
+    reader = ShardedPatchReader(patches_path, batch_size=options.batch_size, world_size=world_size, seed=options.seed)
+    epochs, _, settings = _schedule(reader, patches_path, model_options or {}, options, world_size)
+    _, payload = load_checkpoint(checkpoint_path)
+    return bool(payload.get("finished")) and payload.get("settings") == settings and payload.get("epochs") == epochs
 
 
 class TrainingLoop:

@@ -16,6 +16,9 @@ from pipeline.distributed import ClusterEnvironment, NoStrategy
 from pipeline.patches import write_patches
 from pipeline.train import KL_WARMUP, kl_weight
 
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 RANK_JOB = Path(__file__).with_name("rank_job.py")
 SEED, BATCH, EPOCHS = 3, 16, 2

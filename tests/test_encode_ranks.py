@@ -15,6 +15,9 @@ from pipeline.patches import write_patches
 from pipeline.results import blocks_done
 from pipeline.train import train
 
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 VARIABLES = ("angle", "angle_std", "z", "z_std", "recon_error")
 

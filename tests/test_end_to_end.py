@@ -1,8 +1,12 @@
 """Whole runs with assertions on the science: recovered rotations against the ground truth."""
+import pytest
 import xarray as xr
 import yaml
 
 from pipeline.evaluate import rotation_error
+
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
 
 
 def run_config(rvae, tmp_path, config):

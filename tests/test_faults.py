@@ -16,6 +16,9 @@ from test_cli import assert_one_line_error
 
 from models import load_checkpoint
 
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
+
 RVAE = str(Path(sys.executable).with_name("rvae"))
 SEEDS = (0, 1, 2)
 

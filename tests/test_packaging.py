@@ -6,7 +6,11 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}  # conda-forge name -> PyPI name
@@ -68,8 +72,8 @@ def test_a_wheel_carries_everything_the_commands_need(tmp_path):
     assert where.returncode == 0 and where.stdout.startswith(str(packages)), where.stdout + where.stderr
     (work / "lattice.yaml").write_text((ROOT / "examples" / "lattice.yaml").read_text())
     rvae = [venv / "bin" / "rvae"]  # the wheel's console script, run by the new venv's python
-    plan = subprocess.run([*rvae, "submit", "lattice.yaml", "--site", "perlmutter", "--account", "x", "--dry-run",
-                           "--scripts"], capture_output=True, text=True, cwd=work)
+    plan = subprocess.run([*rvae, "submit", "lattice.yaml", "--site", "perlmutter", "--account", "x",
+                           "--cpu-account", "y", "--dry-run", "--scripts"], capture_output=True, text=True, cwd=work)
     assert plan.returncode == 0, plan.stderr
     assert "node-hours" in plan.stdout and "#SBATCH --account=x" in plan.stdout and "afterok" in plan.stdout
     demo = subprocess.run([*rvae, "demo", "--epochs", "2"], capture_output=True, text=True, cwd=work, timeout=900)

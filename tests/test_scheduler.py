@@ -76,6 +76,9 @@ def test_the_threaded_scheduler_runs_a_stage_without_importing_distributed(latti
 import sys
 from pipeline.patches import write_patches
 from pipeline.scheduler import dask_scheduler
+
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
 with dask_scheduler("threads"):
     write_patches({str(lattice_cube)!r}, {str(tmp_path / "p.zarr")!r}, mode="grid", window=32, max_samples=None,
                   progress=False)

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,9 @@ import yaml
 
 from models import load_checkpoint
 from pipeline.patches import write_patches
+
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "slurm" / "local-cluster.sh"
@@ -179,6 +183,17 @@ def test_submit_runs_every_stage_as_a_chained_job(slurm, reference_run, tmp_path
         assert_same_store(out / "results.zarr", tmp_path / "one.zarr", rtol=1e-5, atol=1e-6)
     status = rvae_cli(slurm, tmp_path, "status", "out")
     assert status.returncode == 0 and status.stdout.count("COMPLETED") == 5 and "2/2 epochs" in status.stdout
+    if ranks == 1:  # submitted again: what is up to date is kept, not submitted; the record keeps both
+        again = rvae_cli(slurm, tmp_path, "submit", "run.yaml", *options)
+        assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout + again.stderr
+        changed = {**CHAIN, "encode": {**CHAIN["encode"], "block": 128}}
+        jobs = submit_chain(slurm, tmp_path, changed, *options)
+        assert list(jobs) == ["encode", "report"]
+        assert all(wait(slurm, job) == ("COMPLETED", "0") for job in jobs.values())
+        record = json.loads((out / "slurm" / "manifest.json").read_text())["submissions"]
+        assert len(record) == 2 and record[-1]["up_to_date"] == ["cube", "patches", "train"]
+        status = rvae_cli(slurm, tmp_path, "status", "out")
+        assert "train    not submitted: up to date" in status.stdout and "(submission 2;" in status.stdout
 
 
 def test_a_failed_stage_cancels_the_rest_and_status_names_it(slurm, tmp_path):
@@ -229,13 +244,22 @@ def test_a_preempted_training_job_requeues_itself_and_equals_an_uninterrupted_ru
 
 def test_dask_slurm_workers_write_the_same_patch_store_as_threads(slurm, lattice_cube, tmp_path):
     options = ["--mode", "grid", "--window", "16", "--stride", "8", "--max-samples", "none"]
+    marker = tmp_path / "setup-ran"
+    profile = {"name": "lab", "setup": [f"touch {marker}"], "env": {"RVAE_SITE_SEEN": "1"},
+               "extra_sbatch": ["--comment=rvae"]}
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(profile))
     for kind in ("threads", "slurm"):
+        site = ["--site", tmp_path / "lab.yaml"] if kind == "slurm" else []
         done = rvae_cli(slurm, tmp_path, "patches", lattice_cube, tmp_path / f"{kind}.zarr", *options, "--dask", kind,
-                        timeout=300)
+                        *site, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     assert_same_store(tmp_path / "slurm.zarr", tmp_path / "threads.zarr", rtol=0, atol=0)
     jobs = subprocess.run(["scontrol", "show", "jobs"], env=slurm, capture_output=True, text=True).stdout
     assert "JobName=dask-worker" in jobs  # the work ran in worker jobs, which were ended with the stage
+    assert "Comment=rvae" in jobs  # ... which took the profile's directives
+    assert marker.exists()  # ... and ran its setup lines
+    assert list((tmp_path / "slurm" / "logs").glob("dask-worker-*.out"))  # logs beside the output
+    assert not list(tmp_path.glob("slurm-*.out"))
     assert not subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True).stdout.strip()
 
 
@@ -273,3 +297,9 @@ def test_cancel_ends_every_job_of_a_submission(slurm, tmp_path):
     assert done.returncode == 0, done.stderr
     for stage in ("train", "encode", "report"):
         assert wait(slurm, jobs[stage])[0] == "CANCELLED", stage
+    status = rvae_cli(slurm, tmp_path, "status", "out")
+    # a user's cancel is not a failure; and a reader that stops early gets no error
+    assert "failed" not in status.stdout and "cancelled: train, encode, report" in status.stdout, status.stdout
+    piped = subprocess.run(f"{shlex.quote(str(Path(sys.executable).with_name('rvae')))} status out | head -1",
+                           shell=True, cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=120)
+    assert piped.stdout.count("\n") == 1 and "Broken pipe" not in piped.stderr and not piped.stderr.strip()

@@ -28,7 +28,10 @@ def test_every_shipped_profile_loads_or_names_what_it_needs():
     for name in ("perlmutter", "frontier"):
         with pytest.raises(ValueError, match=f"'account' is required on {name}.*--account"):
             load_site(name)
-        assert load_site(name, account="abc123").account == "abc123"
+    with pytest.raises(ValueError, match="'cpu_account' is required on perlmutter.*--cpu-account"):
+        load_site("perlmutter", account="m1234_g")
+    assert load_site("perlmutter", account="m1234_g", cpu_account="m1234").cpu_account == "m1234"
+    assert load_site("frontier", account="abc123").account == "abc123"
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -37,6 +40,14 @@ def test_every_shipped_profile_loads_or_names_what_it_needs():
     ({"time": {"train": "forever"}}, r"time.train: String should match"),
     ({"required": ["qos"]}, r"'qos' is required"),
     ({"dask": "mpi", "dask_tasks": 2}, r"dask_tasks >= 3"),
+    # a typo in a section names the section's own keys, and a top-level typo the profile's (not a run's)
+    ({"time": {"trian": "01:00:00"}}, r"time.trian: unknown key \(allowed: cube, patches, train, encode, report\)"),
+    ({"acount": "x"}, r"acount: unknown key \(allowed: name, account, partition"),
+    ({"mem": "lots"}, r"mem: String should match"),
+    ({"mail_type": "SOMETIMES"}, r"mail_type: String should match"),
+    ({"extra_sbatch": ["--exclusive --x=1"]}, r"is not one sbatch option"),
+    ({"env": {"MY VAR": "1"}}, r"is not an environment variable name"),
+    ({"array_limit": 0}, r"array_limit: Input should be greater than or equal to 1"),
 ])
 def test_a_bad_profile_is_one_line_naming_the_field(tmp_path, edit, message):
     profile = yaml.safe_load((SITES_DIR / "generic.yaml").read_text()) | edit
@@ -47,7 +58,7 @@ def test_a_bad_profile_is_one_line_naming_the_field(tmp_path, edit, message):
 
 
 def test_perlmutter_scripts_follow_nersc_conventions(tmp_path):
-    site = load_site("perlmutter", account="m1234_g")
+    site = load_site("perlmutter", account="m1234_g", cpu_account="m1234")
     rendered = scripts(site, tmp_path)
     assert list(rendered) == ["cube", "patches", "train", "encode", "report"]
     for stage in ("train", "encode"):
@@ -62,6 +73,10 @@ def test_perlmutter_scripts_follow_nersc_conventions(tmp_path):
                          rendered[stage], re.M)
     assert "module load pytorch" in rendered["train"]
     assert "partition" not in directives(rendered["train"])  # Perlmutter routes by QOS and constraint
+    for stage in ("cube", "patches", "report"):  # CPU-only stages: CPU nodes, shared QOS, the CPU account
+        d = directives(rendered[stage])
+        assert (d["account"], d["constraint"], d["qos"]) == ("m1234", "cpu", "shared")
+        assert "gpus-per-node" not in d
 
 
 def test_frontier_scripts_follow_olcf_conventions(tmp_path):
@@ -71,6 +86,11 @@ def test_frontier_scripts_follow_olcf_conventions(tmp_path):
     assert (d["account"], d["partition"]) == ("ABC123", "batch")
     assert (d["ntasks-per-node"], d["gpus-per-node"], d["cpus-per-task"], d["gpu-bind"]) == ("8", "8", "7", "closest")
     assert "constraint" not in d and "qos" not in d
+    # as OLCF's examples launch ranks: -c 7 --gpus-per-task=1 on srun's own line
+    train = scripts(site, tmp_path)["train"]
+    assert re.search(r"^srun --cpus-per-task=7 --wait=60 --mpi=cray_shasta --cpu-bind=cores --gpus-per-task=1 rvae run",
+                     train, re.M)
+    assert "/ccs/proj/${SLURM_JOB_ACCOUNT,,}/" in train  # Project Home, not the purged Member Work
 
 
 def test_generic_scripts_need_no_site_and_run_in_this_environment(tmp_path):
@@ -125,3 +145,25 @@ def test_dask_stages_on_dask_mpi_ranks_inside_their_allocation(tmp_path):
     assert d["ntasks"] == "4" and "nodes" not in d  # dask-mpi's ranks may spread over nodes
     assert re.search(r"^srun --cpus-per-task=2 --mpi=pmix rvae run .* --stage patches$", rendered["patches"], re.M)
     assert prepare(RunConfig(workdir=tmp_path), site).dask == "mpi"
+
+
+def test_every_new_directive_reaches_the_scripts(tmp_path):
+    site = load_site("generic", **{"mem": "64G", "mail_type": "END,FAIL", "mail_user": "me@lab.org",
+                                   "reservation": "beamtime", "extra_sbatch": ["--exclusive", "--licenses=scratch"],
+                                   "array_limit": 3, "cpu_partition": "shared"})
+    paths = submission_paths(tmp_path / "run")
+    train, report = render("train", site, paths), render("report", site, paths)
+    d = directives(train)
+    assert (d["mem"], d["mail-type"], d["mail-user"], d["reservation"]) == ("64G", "END,FAIL", "me@lab.org",
+                                                                            "beamtime")
+    assert "#SBATCH --exclusive\n#SBATCH --licenses=scratch" in train
+    assert "partition" not in d and directives(report)["partition"] == "shared"
+    assert directives(render("patches", site, paths, runs=10))["array"] == "0-9%3"
+
+
+def test_what_a_job_used_reads_from_sacct():
+    from pipeline.status import describe_usage
+
+    assert describe_usage("00:05:12|00:09:30|billing=64,cpu=64,gres/gpu=4,mem=230G,node=1") == \
+        "elapsed 00:05:12, CPU 00:09:30 of 64 CPUs, 4 GPU(s)"
+    assert describe_usage("00:00:03|00:00.512|cpu=1,mem=1G,node=1") == "elapsed 00:00:03, CPU 00:00.512 of 1 CPUs"
