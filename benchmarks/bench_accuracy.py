@@ -31,6 +31,7 @@ between-grain / within-grain variance ratio (near 0: z does not see the rotation
 """
 import argparse
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -152,20 +153,25 @@ def disentanglement(paths):
     return ratios
 
 
+def slug(name):
+    """A case's name as a file name: ``SrTiO3 [001] ABF`` -> ``SrTiO3-001-ABF``."""
+    return re.sub(r"\W+", "-", name.split(":")[0].split(",")[0]).strip("-")
+
+
 def inputs(names, workdir):
     """``{case: (image path, truth, grains, symmetry, sites or None)}`` for the chosen cases (the
     demo's image, truth and grains come from its own cube)."""
     found = {}
     for case in CASES:
-        key = case.name.split()[0]
-        if names and key not in names:
+        key = slug(case.name)
+        if names and not any(key.startswith(name) for name in names):
             continue
         image, truth, grains, sites = render(case, seed=0)
         path = workdir / f"{key}.npy"
         np.save(path, image)
         found[case.name] = (path, truth, grains, case.symmetry, sites)
     for name in ("ADF", "ABF"):
-        if names and name not in names:
+        if names and not any(slug(f"real {name}").startswith(n) for n in names):
             continue
         from rsciio.hspy import file_reader
 
@@ -174,7 +180,7 @@ def inputs(names, workdir):
         path = workdir / f"real-{name}.npy"
         np.save(path, image)
         found[f"real {name} (atomap)"] = (path, truth, grains, None, None)  # scored as its spectrum reads
-    if not names or "demo" in names:
+    if not names or any("synthetic-demo".startswith(n) for n in names):
         found["synthetic demo"] = (None, None, None, 6, None)
     return found
 
@@ -186,8 +192,9 @@ def main():
                         help="px from grain borders left out of the score (at least half the window)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (train.seed)")
     parser.add_argument("--cases", nargs="*", default=[],
-                        help="first words of the cases to run (MoS2, WSe2, graphene, hBN, SrTiO3, Si, GaAs, Cu, ADF, "
-                             "ABF, demo); default: all")
+                        help="the cases to run, by the start of their names (MoS2, WSe2, graphene, hBN, "
+                             "SrTiO3-001-HAADF, SrTiO3-001-ABF, Si, GaAs, Cu, real-ADF, real-ABF, synthetic); "
+                             "default: all")
     args = parser.parse_args()
 
     from pipeline.config import RunConfig
@@ -199,7 +206,7 @@ def main():
     extras = []
     for name, (image, truth, grains, symmetry, sites) in inputs(args.cases, args.workdir).items():
         for seed in args.seeds:
-            workdir = args.workdir / f"{name.split()[0]}-{seed}"
+            workdir = args.workdir / f"{slug(name)}-{seed}"
             if image is None:  # the demo: its own cube and truth
                 config = demo_config(workdir)
                 config = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})

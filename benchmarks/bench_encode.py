@@ -81,7 +81,7 @@ def worker(kind, work, mode, batch, block, out):
         spec = WindowSpec.from_attrs(store.attrs)
         samples = spec.normalise(store["patches"].values[:batch * 8])
         speed, symmetry = {}, int(store.attrs.get("lattice_symmetry", 1))
-        refined = AngleSearch(model, frame_reference(model, store, spec))
+        refined = AngleSearch(model, frame_reference(model, store, spec)[0])
         for name, search in (("refined", refined), ("amortized", None), ("refined", refined), ("amortized", None)):
             encode_samples(model, samples[:batch], batch, search=search, symmetry=symmetry)  # warm-up
             start, count = time.perf_counter(), 0

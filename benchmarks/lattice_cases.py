@@ -165,8 +165,7 @@ def render(case, seed=0, size=SIZE, pixel=PIXEL, angles=ANGLES):
         rows, cols, numbers, changed = rows[inside], cols[inside], numbers[inside], changed[inside]
         line = np.clip(rows.round().astype(int), 0, size - 1)
         cols = cols + jitter[line] + case.drift * rows  # the scan's distortions move what each line sees
-        weight = numbers.astype(float) ** (1.7 if case.contrast == "HAADF" else 0.5)
-        image += _splat(rows, cols, weight, size)
+        image += _splat(rows, cols, numbers.astype(float) ** (1.7 if case.contrast == "HAADF" else 0.5), size)
         truth[r * half:(r + 1) * half, c * half:(c + 1) * half] = math.radians(degrees)
         grain_map[r * half:(r + 1) * half, c * half:(c + 1) * half] = k
         columns = _columns(rows, cols, changed)
@@ -181,15 +180,30 @@ def render(case, seed=0, size=SIZE, pixel=PIXEL, angles=ANGLES):
     return counts, truth, grain_map, sites
 
 
-def _splat(rows, cols, weight, size):
-    """Point weights deposited bilinearly onto a ``size`` x ``size`` grid."""
-    image = np.zeros((size + 1, size + 1))
+def _splat(rows, cols, weight, size, periodic=False):
+    """Point weights deposited bilinearly onto a ``size`` grid (an int, or ``(rows, cols)``);
+    ``periodic``: what falls off one edge comes in at the other."""
+    ny, nx = (size, size) if np.isscalar(size) else size
+    image = np.zeros((ny + 1, nx + 1))
     r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
     fr, fc = rows - r0, cols - c0
-    ok = (r0 >= 0) & (c0 >= 0) & (r0 < size) & (c0 < size)
     for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (1, 0, fr * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 1, fr * fc)):
-        np.add.at(image, (r0[ok] + dr, c0[ok] + dc), (weight * w)[ok])
-    return image[:size, :size]
+        r, c = r0 + dr, c0 + dc
+        if periodic:
+            r, c, ok = r % ny, c % nx, np.ones(len(r), bool)
+        else:
+            ok = (r >= 0) & (c >= 0) & (r <= ny) & (c <= nx)
+        np.add.at(image, (r[ok], c[ok]), (weight * w)[ok])
+    return image[:ny, :nx]
+
+
+def incoherent(rows, cols, numbers, shape, probe_px, contrast="HAADF", periodic=False):
+    """The incoherent image of atoms at pixel positions: ``Z ** 1.7`` (HAADF) or ``Z ** 0.5`` (ABF,
+    subtracted from a bright background) per atom, blurred by a Gaussian probe of ``probe_px``."""
+    weight = np.asarray(numbers, float) ** (1.7 if contrast == "HAADF" else 0.5)
+    image = ndimage.gaussian_filter(_splat(rows, cols, weight, shape, periodic), probe_px,
+                                    mode="wrap" if periodic else "constant")
+    return image / image.max() if contrast == "HAADF" else 1.0 - 0.6 * image / image.max()
 
 
 def _columns(rows, cols, changed, tolerance=0.5):
@@ -207,9 +221,13 @@ CASES = (
     Case("MoS2 HAADF: vacancies, W and Se dopants", symmetry=3, grains=(
         Grain("MoS2"), Grain("MoS2", vacancies=("S", 0.06)), Grain("MoS2", dopant=("Mo", "W", 0.05)),
         Grain("MoS2", dopant=("S", "Se", 0.1)))),
-    Case("WSe2 / MoSe2 HAADF: two materials", symmetry=3, grains=(
+    # W outshines Se2 but Se2 outshines Mo: windows centre on W in WSe2 and on Se2 in MoSe2, whose
+    # bright-column patterns are 60 degrees apart; only turns modulo 60 compare across the two materials
+    Case("WSe2 / MoSe2 HAADF: two materials", symmetry=6, grains=(
         Grain("WSe2"), Grain("MoSe2"), Grain("WSe2", vacancies=("Se", 0.05)), Grain("MoSe2", dopant=("Mo", "W", 0.1)))),
-    Case("graphene HAADF, low dose", symmetry=3, dose=60.0, grains=(
+    # both sublattices are carbon: a window centres on either, and the two are turned 60 degrees
+    # against each other, so graphene's orientation is defined modulo 60 (the hexagon's 6-fold axis)
+    Case("graphene HAADF, low dose", symmetry=6, dose=60.0, grains=(
         Grain("graphene"), Grain("graphene", vacancies=("C", 0.02)), Grain("graphene", dopant=("C", "N", 0.03)),
         Grain("graphene", vacancies=("C", 0.04)))),
     Case("hBN HAADF", symmetry=3, grains=(

@@ -47,6 +47,7 @@ from .results import (
     create_progress,
     mark_done,
     results_template,
+    wrap_angle,
     write_block,
     write_reference_difference,
 )
@@ -105,33 +106,62 @@ def encode_samples(model, samples, batch_size, device=torch.device("cpu"), preci
     return tuple(torch.cat(parts).cpu().numpy() for parts in (means, stds, errors, offsets))
 
 
-def auto_symmetry(attrs, search):
+FLIPS = 0.1  # neighbouring windows turned by half the real-space period against each other, at most
+
+
+def auto_symmetry(attrs, search, sample=None):
     """``(n, attrs recording why)`` for ``symmetry: auto``: the lattice's n-fold symmetry as the patch
     stage read it from the power spectrum or, for windows centred on atom columns with a reference
     image (``search``), that image's rotational symmetry in real space where it divides the
-    spectrum's: a power spectrum is centrosymmetric, so a 3-fold lattice reads 6-fold there."""
+    spectrum's: a power spectrum is centrosymmetric, so a 3-fold lattice reads 6-fold there.
+
+    Unless windows centre on equivalent sublattices (graphene's two): then neighbouring windows
+    (``sample``: ``(windows, encoded, positions)``) are turned by half a real-space period against
+    each other, and only the spectrum's period is common to all of them."""
     spectrum = int(attrs.get("lattice_symmetry", 1))
     chosen = {"symmetry_spectrum": spectrum}
     if search is None or attrs.get("mode") != "points" or spectrum == 1:
         return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's"}
     real = search.symmetry()
     chosen["symmetry_real_space"] = real
-    if real > 1 and spectrum % real == 0:
-        return real, {**chosen, "symmetry_choice": f"{real}-fold, the decoder's reference image's in real space "
-                                                   f"(power spectrum {spectrum}-fold)"}
-    return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's (the reference image "
-                                                   f"reads {real}-fold in real space)"}
+    if not (real > 1 and spectrum % real == 0):
+        return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's (the reference image "
+                                                       f"reads {real}-fold in real space)"}
+    flips = neighbour_flips(search, sample, real) if sample is not None and spectrum > real else 0.0
+    if flips > FLIPS:
+        return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's: the reference image "
+                                                       f"reads {real}-fold, but {flips:.0%} of neighbouring windows "
+                                                       f"are turned {180 // real} degrees against each other (windows "
+                                                       f"centred on equivalent sublattices)"}
+    return real, {**chosen, "symmetry_choice": f"{real}-fold, the decoder's reference image's in real space "
+                                               f"(power spectrum {spectrum}-fold)"}
+
+
+def neighbour_flips(search, sample, symmetry):
+    """The fraction of windows whose refined angle differs from their nearest neighbour's by more
+    than a quarter of the period ``2 pi / symmetry``: turned by half a period against each other."""
+    from scipy.spatial import cKDTree
+
+    windows, encoded, positions = sample
+    if len(positions) < 3:
+        return 0.0
+    angle = search.refine(windows, encoded, symmetry)[0].numpy()
+    _, nearest = cKDTree(positions).query(positions, k=2)
+    difference = wrap_angle(angle - angle[nearest[:, 1]], symmetry)
+    return float(np.mean(np.abs(difference) > np.pi / (2 * symmetry)))
 
 
 def frame_reference(model, patch_store, spec, count=2048):
-    """The code whose decoded image defines angle 0: the median of the encoder's codes of up to
-    ``count`` training windows spread evenly over the patch store."""
+    """``(code, sample)``: the code whose decoded image defines angle 0, the median of the encoder's
+    codes of up to ``count`` training windows spread evenly over the patch store, and that sample
+    ``(windows, encoded, positions)``."""
     n = patch_store.sizes["sample"]
     picked = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
-    samples = spec.normalise(patch_store["patches"].isel(sample=picked).values)
+    windows = torch.from_numpy(spec.normalise(patch_store["patches"].isel(sample=picked).values))
     with torch.inference_mode():
-        mean, _ = model.encode(torch.from_numpy(samples))
-    return model._split(mean, mean)["z"][0].median(dim=0).values.tolist()
+        mean, _ = model.encode(windows)
+    positions = np.stack([patch_store["row"].values[picked], patch_store["col"].values[picked]], -1)
+    return model._split(mean, mean)["z"][0].median(dim=0).values.tolist(), (windows, mean, positions)
 
 
 class EncodeJob:
@@ -174,12 +204,13 @@ class EncodeJob:
         self.refine = refine = bool(refine and self.model.rotation)
         # One frame: every window's angle against the decoder's image at one reference code
         # (models.refinement); class-conditional decoders draw a different image per class.
-        self.reference = (frame_reference(self.model, patch_store, spec)
-                          if refine and frame == "reference" and not self.model.num_classes else None)
+        self.reference, sample = (frame_reference(self.model, patch_store, spec)
+                                  if refine and frame == "reference" and not self.model.num_classes else (None, None))
         self.searches = {}  # an AngleSearch per device
         chosen = {}
         if symmetry == "auto":
-            symmetry, chosen = auto_symmetry(attrs, self.search(torch.device("cpu")) if self.reference else None)
+            symmetry, chosen = auto_symmetry(attrs, self.search(torch.device("cpu")) if self.reference else None,
+                                             sample)
         self.cube_path, self.out_path, self.symmetry = cube_path, out_path, int(symmetry)
         self.run_record = {  # what makes two encodes the same run: checked before resuming or reusing
             "source_fingerprint": source_fingerprint, "variable": variable,

@@ -30,7 +30,7 @@ def test_bench_gpu_runs_every_variant_on_this_device():
 def test_bench_encode_prints_both_ratios_for_both_modes():
     out = run("bench_encode.py", "--rounds", 1, "--size", 256, "--scan", 16)
     for mode in ("grid", "frames"):
-        summary = re.search(rf"^{mode}: (\d+) windows; median end-to-end / forward ([\d.]+), median 2 ranks / 1 rank "
-                            rf"([\d.]+)", out, re.M)
+        summary = re.search(rf"^{mode}: (\d+) windows; median refined / amortized forward pass [\d.]+, median "
+                            rf"end-to-end / forward ([\d.]+), median 2 ranks / 1 rank ([\d.]+)", out, re.M)
         assert summary, out
         assert int(summary.group(1)) > 0 and float(summary.group(2)) > 0 and float(summary.group(3)) > 0, out

@@ -224,3 +224,20 @@ def test_export_to_a_full_disk_is_one_line_and_leaves_nothing_behind(inputs, tmp
         out = full / "r.hspy"
         assert_one_line_error(rvae("export", reference["encode"], out), f"cannot write {str(out)!r}", "MiB are free")
         assert sorted(p.name for p in full.iterdir()) == ["filler"]
+
+
+def test_what_rvae_run_would_keep_is_known_without_running_it(straight_run, monkeypatch):
+    """rvae submit leaves out stages whose outputs are up to date: the check agrees with rvae run."""
+    import yaml
+
+    from pipeline.config import parse_config
+    from pipeline.run import up_to_date
+
+    monkeypatch.chdir(straight_run.parent)
+    config = parse_config(yaml.safe_load(RUN_CONFIG))
+    assert all(up_to_date(config, stage) for stage in ("cube", "patches", "train", "encode", "report"))
+    assert not up_to_date(config, "train", world_size=2)  # trained on one rank, not two
+    changed = parse_config(yaml.safe_load(RUN_CONFIG.replace("block: 20", "block: 40")))
+    assert up_to_date(changed, "train") and not up_to_date(changed, "encode")
+    changed = parse_config(yaml.safe_load(RUN_CONFIG.replace("seed: 6", "seed: 7")))
+    assert not up_to_date(changed, "cube")

@@ -53,8 +53,8 @@ def test_ingest_4d_hdf5_keeps_signal_axes_whole_and_metadata(tmp_path):
 def test_counts_are_compressed_with_bitshuffle_lz4_and_floats_with_zstd(tmp_path, dtype, codec):
     data = np.random.default_rng(2).poisson(30, (64, 48)).astype(dtype)
     ingest(write_source("npy", tmp_path / "counts.npy", data), tmp_path / "cube.zarr", progress=False)
-    (compressor,) = zarr.open_array(str(tmp_path / "cube.zarr" / "data"), mode="r").compressors
-    assert type(compressor).__name__ == codec
+    compressor, checksum = zarr.open_array(str(tmp_path / "cube.zarr" / "data"), mode="r").compressors
+    assert type(compressor).__name__ == codec and type(checksum).__name__ == "Crc32cCodec"
     if codec == "BloscCodec":
         assert (compressor.cname.value, compressor.shuffle.value) == ("lz4", "bitshuffle")
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "cube.zarr")["data"].values, data)

@@ -130,8 +130,9 @@ def test_every_grid_position_is_cut_chunk_by_chunk_from_an_implicit_grid(tmp_pat
     assert sorted(zip(rows, cols)) == sorted(map(tuple, np.asarray(grid)))
     patches = ds["patches"].values
     assert patches.dtype == np.uint16
-    (compressor,) = zarr.open_array(str(tmp_path / "p.zarr" / "patches"), mode="r").compressors
+    compressor, checksum = zarr.open_array(str(tmp_path / "p.zarr" / "patches"), mode="r").compressors
     assert compressor.shuffle.value == "bitshuffle"  # counts: Blosc LZ4 with bit shuffle
+    assert isinstance(checksum, zarr.codecs.Crc32cCodec)  # every chunk checked when read
     for i in range(0, len(rows), 17):
         np.testing.assert_array_equal(patches[i, 0], image[rows[i] - 6:rows[i] + 6, cols[i] - 6:cols[i] + 6])
     np.testing.assert_allclose(ds["y"].values, rows * 0.5)

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+# clusters, ranks, long training or a fresh environment: not in `make test-quick`
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 MPI_ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "OMPI_ALLOW_RUN_AS_ROOT": "1",
            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMP_NUM_THREADS": "1"}
@@ -77,8 +80,6 @@ import sys
 from pipeline.patches import write_patches
 from pipeline.scheduler import dask_scheduler
 
-# clusters, ranks, long training or a fresh environment: not in `make test-quick`
-pytestmark = pytest.mark.slow
 with dask_scheduler("threads"):
     write_patches({str(lattice_cube)!r}, {str(tmp_path / "p.zarr")!r}, mode="grid", window=32, max_samples=None,
                   progress=False)
