@@ -203,13 +203,48 @@ def read_rosettasciio(path, dataset=None, plugin=None):
     listing = [f"{n} = {t or 'untitled'} {tuple(np.shape(s['data']))}" for n, t, s in zip(names, titles, signals)]
     chosen = signals[int(_choose(names, dataset, path, "signal", listing))]
     axes = sorted(chosen["axes"], key=lambda a: a.get("index_in_array", 0))
-    counts = (sum(bool(a.get("navigate")) for a in axes), sum(not a.get("navigate") for a in axes))
-    dims = DIMS_BY_AXES.get(counts, (None,) * len(axes))
+    data = da.asarray(chosen["data"])
+    spectral = [i for i, a in enumerate(axes) if _spectral(a)]
+    decided = None
+    if len(spectral) == 1 and len(axes) in (2, 3):  # a spectrum image, or a line scan: the spectrum last
+        scan = [i for i in range(len(axes)) if i != spectral[0]]
+        data = data.transpose(*scan, spectral[0])
+        axes = [axes[i] for i in scan] + [axes[spectral[0]]]
+        dims = ("y", "x", "energy") if len(scan) == 2 else ("x", "energy")
+        decided = (f"axes: {_describe(axes[-1])} is the spectrum (by its {_spectral(axes[-1])}); "
+                   f"{', '.join(_describe(a) for a in axes[:-1])} the scan")
+        if len(scan) == 1:  # a line scan: a scan row of one
+            data, dims = data[None], ("y", "x", "energy")
+            axes = [{"name": "y", "navigate": True}] + axes
+            decided += " (a line scan: y has one position)"
+    else:
+        counts = (sum(bool(a.get("navigate")) for a in axes), sum(not a.get("navigate") for a in axes))
+        dims = DIMS_BY_AXES.get(counts, (None,) * len(axes))
     calibration = [{"dim": dim, "scale": float(a.get("scale", 1.0)), "offset": float(a.get("offset", 0.0)),
                     "units": _units(a), "name": a.get("name")} for dim, a in zip(dims, axes)]
     metadata = {"reader": f"rosettasciio {reader.__module__}", "metadata": chosen.get("metadata", {}),
                 "original_metadata": chosen.get("original_metadata", {})}
-    return Source(da.asarray(chosen["data"]), metadata, calibration)
+    if decided:
+        metadata["axes_decision"] = decided
+    return Source(data, metadata, calibration)
+
+
+SPECTRAL_UNITS = {"ev", "kev", "mev", "1/cm", "cm-1", "cm^-1", "thz", "ghz"}
+SPECTRAL_NAMES = ("energy", "wavelength", "raman", "wavenumber", "frequency", "eels", "edx", "eds")
+
+
+def _spectral(axis):
+    """Why an axis is a spectrum's (its ``name`` or ``units``), or "" if it is not: the navigate
+    flags alone do not tell (rosettasciio marks a Gatan EELS SI's energy axis as navigation)."""
+    if str(axis.get("units") or "").strip().lower().replace("µ", "u") in SPECTRAL_UNITS:
+        return "units"
+    if any(word in str(axis.get("name") or "").lower() for word in SPECTRAL_NAMES):
+        return "name"
+    return ""
+
+
+def _describe(axis):
+    return f"'{axis.get('name') or '?'}' ({axis.get('size', '?')}, {axis.get('units') or 'no units'})"
 
 
 def _rosettasciio_plugin(suffix):
@@ -371,7 +406,10 @@ def ingest(source, out, *, dims=None, dataset=None, pixel_size=None, units=None,
         return open_store(out, what="cube")
     check_writable(out, overwrite)
     dims = dims.split(",") if isinstance(dims, str) else dims
-    ds = label(read_source(source, dataset), dims=dims, pixel_size=pixel_size, units=units,
+    found = read_source(source, dataset)
+    if "axes_decision" in found.metadata:
+        log(found.metadata["axes_decision"])
+    ds = label(found, dims=dims, pixel_size=pixel_size, units=units,
                signal_pixel_size=signal_pixel_size, signal_units=signal_units, shard=shard)
     ds.attrs.update(record)
     with staged_output(out, overwrite) as staging:

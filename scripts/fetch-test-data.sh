@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Real microscope files for the tests, from wheels on PyPI (the only place they ship):
-# hyperspy 1.7.6's Bruker EDS spectrum images and atomap 0.4.2's ADF and ABF STEM images (GPL-3, test data only).
+# hyperspy 1.7.6's Bruker EDS, Gatan EELS and cathodoluminescence spectrum images and atomap 0.4.2's ADF and ABF
+# STEM images (GPL-3, test data only).
 # Extracted once into $RVAE_TEST_DATA (default ~/.cache/rvae-hpc/testdata); nothing enters the repo.
 set -euo pipefail
 DEST=${RVAE_TEST_DATA:-$HOME/.cache/rvae-hpc/testdata}
 PYTHON=${PYTHON:-python3}
 FILES=(hyperspy/tests/io/bruker_data/bcf_v2_50x50px.bcf atomap/tests/datasets/test_ADF_cropped.hdf5
-       atomap/tests/datasets/test_ABF_cropped.hdf5)
+       atomap/tests/datasets/test_ABF_cropped.hdf5 hyperspy/tests/io/dm4_3D_data/EELS_SI.dm4
+       hyperspy/tests/io/dm4_2D_data/test-MonoCL_spectrum-SI.dm4)
 missing=0
 for f in "${FILES[@]}"; do [ -f "$DEST/$(basename "$f")" ] || missing=1; done
 [ "$missing" = 0 ] && exit 0

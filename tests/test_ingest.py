@@ -266,3 +266,24 @@ def test_detector_axes_are_calibrated_at_ingest(rvae, tmp_path):
     assert cube["ky"].attrs == {"units": "mrad", "long_name": "detector position ky"}
     assert cube["x"].attrs["units"] == "nm" and cube["x"].values[1] == 2
     assert cube["data"].attrs["long_name"] == "detector counts" and cube["data"].attrs["units"] == "counts"
+
+
+@pytest.mark.parametrize("name, shape, spectrum, decided", [
+    # rosettasciio marks this Gatan EELS SI's energy axis as navigation: its units say what it is
+    ("EELS_SI.dm4", (2, 2, 2048), ("eV", "Energy loss"), "'Energy loss' (2048, eV) is the spectrum (by its units)"),
+    # a cathodoluminescence line scan: 67 positions along x, a wavelength spectrum at each
+    ("test-MonoCL_spectrum-SI.dm4", (1, 67, 1336), ("nm", "Wavelength"), "a line scan: y has one position"),
+])
+def test_spectrum_images_are_ingested_as_such(tmp_path, real_file, name, shape, spectrum, decided):
+    lines = []
+    ds = ingest(real_file(name), tmp_path / "si.zarr", progress=False, log=lines.append)
+    assert ds["data"].dims == ("y", "x", "energy") and ds["data"].shape == shape
+    assert (ds["energy"].attrs["units"], ds["energy"].attrs["long_name"]) == spectrum
+    assert ds["x"].attrs["units"] == "µm" and float(ds["x"][1] - ds["x"][0]) > 0
+    assert any(decided in line for line in lines), lines
+    from rsciio.digitalmicrograph import file_reader
+
+    original = np.asarray(file_reader(str(real_file(name)))[0]["data"])
+    stored = xr.open_zarr(tmp_path / "si.zarr")["data"].values
+    expected = original.transpose(1, 2, 0) if name.startswith("EELS") else original[None]  # the spectrum last
+    np.testing.assert_array_equal(stored, expected)
