@@ -50,6 +50,7 @@ from .results import (
     wrap_angle,
     write_block,
     write_reference_difference,
+    write_sublattice_convention,
 )
 from .stores import check_distinct, count_chunks, open_cube, open_store, output_lock, reading, staged_output, writing
 from .windows import ScanGrid, WindowSpec
@@ -271,6 +272,7 @@ class EncodeJob:
     def finish(self, group, world_size):
         """Mark the store complete: after every block is written, by one writer."""
         with writing(self.out_path):
+            write_sublattice_convention(group)
             write_reference_difference(self.out_path, group)
             # through this one handle: attributes written through another would be overwritten by
             # this handle's older copy at its next write (zarr keeps a group's attributes whole)

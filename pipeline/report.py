@@ -192,6 +192,12 @@ def _summary(results, symmetry, baseline=None):
             lines.append(f"WARNING: the rVAE's map and the classical reference disagree by more than "
                          f"{tolerance:.1f} deg in {len(regions)} region(s): {where}{more}; do not trust the rotation "
                          f"map there (reference_map.png)")
+    if "other_sublattice" in results:
+        odd = int(np.nansum(results["other_sublattice"].values))
+        if odd:
+            share = odd / results["other_sublattice"].size
+            lines.append(f"{odd} windows ({share:.1%}) are centred on the lattice's other sublattice: their angles "
+                         f"are given in their neighbours' convention (other_sublattice)")
     lines += _degenerate(results, symmetry)
     if baseline is not None:
         explained = ", ".join(f"{v:.1%}" for v in baseline["explained"])

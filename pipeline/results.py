@@ -91,6 +91,11 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
         name = f"rotation, counter-clockwise, {refined}against {frame}, wrapped to (-pi/{symmetry}, pi/{symmetry}]"
         data["angle"] = (plan.dims, empty(), {"units": "rad", "long_name": name, "valid_range": [-half, half]})
         data["angle_std"] = (plan.dims, empty(), {"units": "rad", "long_name": "rotation posterior std"})
+        if plan.mode == "points" and attrs.get("symmetry_spectrum") == 2 * symmetry:
+            data["other_sublattice"] = (plan.dims, empty(), {
+                "units": "1", "long_name": f"1 where the window is centred on the lattice's other sublattice: it reads "
+                                           f"turned by {180 // symmetry} deg from its neighbours, and angle gives it "
+                                           f"in their convention (0 elsewhere)"})
         if "frame_reference_code" in attrs:
             data["frame_offset"] = (plan.dims, empty(), {
                 "units": "rad", "long_name": "rotation of the decoder's image at the window's code against the "
@@ -228,3 +233,28 @@ def write_reference_difference(path, group):
     offset = np.arctan2(sin, cos)
     difference = da.angle(da.exp(1j * (turn - offset))) / n
     da.store(difference.astype(np.float32), group["reference_difference"], lock=False)
+
+
+def write_sublattice_convention(group, neighbours=6):
+    """Give every atom column's angle in its neighbours' sublattice convention (call once every
+    block is written; points results whose lattice reads ``2 n``-fold in its power spectrum and
+    ``n``-fold in real space, where a window centred on the other sublattice sees the lattice
+    turned by ``180 / n`` degrees): a window that most of its ``neighbours`` nearest read turned
+    by about half a period is turned back, and marked in ``other_sublattice``. Idempotent: a
+    window turned back agrees with its neighbours."""
+    from scipy.spatial import cKDTree
+
+    if "other_sublattice" not in group:
+        return
+    n = int(group.attrs["symmetry"])
+    angle = group["angle"][:]
+    positions = np.stack([group["row"][:], group["col"][:]], -1)
+    marked = np.nan_to_num(group["other_sublattice"][:]).astype(np.float32)  # those turned back before
+    if len(angle) > neighbours:
+        _, near = cKDTree(positions).query(positions, k=neighbours + 1)
+        turned = np.abs(wrap_angle(angle[near[:, 1:]] - angle[:, None], n)) > np.pi / (2 * n)
+        odd = turned.sum(axis=1) > neighbours // 2
+        angle = np.where(odd, wrap_angle(angle + np.pi / n, n), angle)
+        marked[odd] = 1
+    group["angle"][:] = angle.astype(np.float32)
+    group["other_sublattice"][:] = marked

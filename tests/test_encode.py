@@ -116,3 +116,26 @@ def test_sigusr1_stops_encode_after_its_block_and_a_rerun_finishes(lattice_cube,
     assert resumed.attrs["complete"] is True
     for name in ("angle", "z", "recon_error"):
         np.testing.assert_allclose(resumed[name].values, full[name].values, rtol=1e-5, atol=1e-6)
+
+
+def test_a_window_centred_on_the_other_sublattice_is_given_in_its_neighbours_convention(tmp_path):
+    """A 3-fold lattice whose spectrum reads 6-fold: a column window on the other sublattice sees the
+    lattice turned by 60 degrees. Such windows, alone among their neighbours, are turned back and
+    marked; doing it again changes nothing."""
+    import zarr
+
+    from pipeline.results import wrap_angle, write_sublattice_convention
+
+    rows, cols = (v.ravel().astype(float) for v in np.mgrid[:20, :20] * 10.0)
+    angle = np.full(len(rows), np.radians(12.0))
+    odd = np.random.default_rng(0).choice(len(rows), 12, replace=False)
+    angle[odd] += np.radians(60)
+    group = zarr.open_group(str(tmp_path / "r.zarr"), mode="w")
+    group.attrs["symmetry"] = 3
+    for name, values in (("angle", wrap_angle(angle, 3)), ("row", rows), ("col", cols),
+                         ("other_sublattice", np.full(len(rows), np.nan))):
+        group.create_array(name, data=values.astype(np.float32))
+    for _ in range(2):
+        write_sublattice_convention(group)
+        np.testing.assert_allclose(np.degrees(group["angle"][:]), 12.0, atol=1e-4)
+        assert set(np.flatnonzero(group["other_sublattice"][:])) == set(odd)
