@@ -114,26 +114,30 @@ def auto_symmetry(attrs, search, sample=None):
     """``(n, attrs recording why)`` for ``symmetry: auto``: the lattice's n-fold symmetry as the patch
     stage read it from the power spectrum or, for windows centred on atom columns with a reference
     image (``search``), that image's rotational symmetry in real space where it divides the
-    spectrum's: a power spectrum is centrosymmetric, so a 3-fold lattice reads 6-fold there.
+    spectrum's: a power spectrum is centrosymmetric, so a 3-fold lattice reads 6-fold there (and a
+    pseudo-hexagonal ring, Si or Cu seen along [110], reads 6-fold while the lattice is 2-fold).
 
-    Unless windows centre on equivalent sublattices (graphene's two): then neighbouring windows
-    (``sample``: ``(windows, encoded, positions)``) are turned by half a real-space period against
-    each other, and only the spectrum's period is common to all of them."""
+    Where windows centre on either of two equivalent sites (graphene's two sublattices, either atom
+    of a dumbbell), neighbouring windows (``sample``: ``(windows, encoded, positions)``) read turned
+    by half that period against each other: the period common to all of them is half as long."""
     spectrum = int(attrs.get("lattice_symmetry", 1))
     chosen = {"symmetry_spectrum": spectrum}
     if search is None or attrs.get("mode") != "points" or spectrum == 1:
         return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's"}
     real = search.symmetry()
     chosen["symmetry_real_space"] = real
-    if not (real > 1 and spectrum % real == 0):
+    if spectrum % real:
         return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's (the reference image "
                                                        f"reads {real}-fold in real space)"}
-    flips = neighbour_flips(search, sample, real) if sample is not None and spectrum > real else 0.0
-    if flips > FLIPS:
-        return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's: the reference image "
-                                                       f"reads {real}-fold, but {flips:.0%} of neighbouring windows "
-                                                       f"are turned {180 // real} degrees against each other (windows "
-                                                       f"centred on equivalent sublattices)"}
+    flips = neighbour_flips(search, sample, real) if sample is not None else 0.0
+    if flips > FLIPS and spectrum % (2 * real) == 0:
+        return 2 * real, {**chosen, "symmetry_choice": f"{2 * real}-fold: the reference image reads {real}-fold in "
+                                                       f"real space, but {flips:.0%} of neighbouring windows read "
+                                                       f"turned by {180 // real} degrees against each other (windows "
+                                                       f"centred on equivalent sites; power spectrum {spectrum}-fold)"}
+    if real == 1:  # no symmetry seen in real space, and none between neighbours: the spectrum's
+        return spectrum, {**chosen, "symmetry_choice": f"{spectrum}-fold, the power spectrum's (the reference image "
+                                                       f"reads 1-fold in real space)"}
     return real, {**chosen, "symmetry_choice": f"{real}-fold, the decoder's reference image's in real space "
                                                f"(power spectrum {spectrum}-fold)"}
 
