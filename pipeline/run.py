@@ -82,8 +82,11 @@ def _run_report(config, paths, overwrite, progress, log):
     if not overwrite and summary.is_file() and summary.stat().st_size and \
             summary.stat().st_mtime >= results.stat().st_mtime:
         log(f"{paths['report']}: already drawn from these results, kept")
-    else:
-        write_report(paths["results"], paths["report"], overwrite=overwrite, log=log)
+        return
+    stale = summary.is_file()  # drawn from older results: the run's own figures, drawn again from these
+    if stale:
+        log(f"{paths['report']}: drawn from older results, drawn again")
+    write_report(paths["results"], paths["report"], overwrite=overwrite or stale, log=log)
 
 
 def up_to_date(config, stage, world_size=1):
