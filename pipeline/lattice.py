@@ -16,6 +16,7 @@ from .windows import fft_magnitude, tapered
 
 SYMMETRIES = (6, 4, 2)
 RING_CONTRAST = 3.0  # a Bragg ring's least height over the radial background
+INNER_RING = 0.25  # an inner ring this high, relative to the strongest, is the lattice's period
 
 
 def polar(size):
@@ -102,6 +103,11 @@ def estimate_lattice(image, tile=128, count=16, seed=0):
     if contrast < RING_CONTRAST:
         raise NoLattice(f"found no lattice in the image: the strongest ring of its power spectrum stands only "
                         f"{contrast:.1f}x over the background (a lattice's, {RING_CONTRAST:g}x or more); give --window")
+    # The lattice's own period is the innermost ring that stands out, not always the strongest: a
+    # perovskite's {110} and {200} rings outshine its {100} (SrTiO3 [001] in HAADF, 27% of the {110}'s).
+    rings = [r for r in range(3, len(excess) - 1) if excess[r] >= max(excess[r - 1], excess[r + 1])
+             and excess[r] >= INNER_RING * excess[peak] and excess[r] >= RING_CONTRAST * background[r]]
+    peak = rings[0] if rings else peak
     if 0 < peak < len(excess) - 1:  # sub-bin refinement (parabola through the neighbours)
         a, b, c = excess[peak - 1:peak + 2]
         peak = peak + (0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c < 0 else 0.0)
