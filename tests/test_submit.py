@@ -121,6 +121,7 @@ def test_a_given_cube_needs_no_cube_job(tmp_path, lattice_cube):
     assert stages_of(RunConfig())[0] == "cube"
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_dry_run_prints_the_plan_and_the_scripts_on_request_and_writes_nothing(rvae, tmp_path):
     (tmp_path / "run.yaml").write_text("workdir: out\n")
     done = rvae("submit", "run.yaml", "--dry-run", cwd=tmp_path)

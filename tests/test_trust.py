@@ -43,6 +43,7 @@ def hostile_checkpoint(path, marker):
 
 
 @pytest.mark.parametrize("stage", ["encode", "train", "report", "library"])
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_a_hostile_checkpoint_is_refused_and_its_payload_never_runs(work, tmp_path, rvae, stage):
     marker, evil = tmp_path / "payload-ran", tmp_path / "evil.ckpt"
     hostile_checkpoint(evil, marker)
@@ -98,6 +99,7 @@ def test_an_output_is_never_an_input_even_with_overwrite(work, rvae, snapshot, a
     assert snapshot(work) == before
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_encode_refuses_a_patch_store_cut_from_another_cube(work, tmp_path, rvae):
     result = rvae("encode", work / "other.zarr", work / "p.zarr", work / "m.ckpt", tmp_path / "r.zarr")
     assert_one_line_error(result, "was cut from", "cube.zarr", "not from this cube", "other.zarr")
@@ -107,6 +109,7 @@ def test_encode_refuses_a_patch_store_cut_from_another_cube(work, tmp_path, rvae
     assert rvae("encode", tmp_path / "copy.zarr", work / "p.zarr", work / "m.ckpt", tmp_path / "r.zarr").returncode == 0
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_encode_refuses_a_checkpoint_trained_on_other_samples(work, tmp_path, rvae):
     # same window size, other normalisation: a model trained on another cube's patch store
     assert rvae("patches", work / "other.zarr", tmp_path / "p.zarr", "--window", 16).returncode == 0
@@ -127,6 +130,7 @@ def interrupted_encode(work, out, rvae, *extra):
     assert zarr.open_group(str(out)).attrs["complete"] is False
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_a_killed_encode_resumed_with_another_cube_or_block_is_refused(work, tmp_path, rvae, snapshot):
     out = tmp_path / "r.zarr"
     interrupted_encode(work, out, rvae)
@@ -143,6 +147,7 @@ def test_a_killed_encode_resumed_with_another_cube_or_block_is_refused(work, tmp
     assert xr.open_zarr(out).attrs["complete"] is True
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_a_lost_chunk_is_an_error_for_every_stage_that_reads_it(tmp_path, rvae, snapshot):
     cube = tmp_path / "cube.zarr"
     assert rvae("synth", cube, "--size", 300).returncode == 0  # 256-px chunks: four of them
@@ -203,6 +208,7 @@ def test_a_never_written_chunk_still_reads_as_fill_value(tmp_path):
     assert (values[32:, 32:] == 0).all() and (values[:32] == data[:32]).all()
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_a_second_writer_of_an_output_is_refused(work, tmp_path, rvae):
     out = tmp_path / "r.zarr"
     with output_lock(out):  # this process is writing it
@@ -214,6 +220,7 @@ def test_a_second_writer_of_an_output_is_refused(work, tmp_path, rvae):
     assert not list(tmp_path.glob(".*lock"))  # the lock goes with its writer
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_leftovers_of_killed_writers_are_removed_and_a_moved_aside_output_restored(work, tmp_path, rvae):
     (tmp_path / ".p.zarr.partial-deadbeef").mkdir()  # a patches run killed while writing
     (tmp_path / ".p.zarr.partial-deadbeef" / "junk").write_text("x")
@@ -229,6 +236,7 @@ def test_leftovers_of_killed_writers_are_removed_and_a_moved_aside_output_restor
     assert (tmp_path / "p.zarr" / "zarr.json").exists() and not (tmp_path / ".p.zarr.old-cafe").exists()
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_a_cube_passed_as_the_patch_store_is_one_line(work, tmp_path, rvae):
     result = rvae("encode", work / "cube.zarr", work / "cube.zarr", work / "m.ckpt", tmp_path / "r.zarr")
     assert_one_line_error(result, "is not a patch store", "rvae patches")
@@ -335,6 +343,7 @@ def test_hostile_values_in_a_profile_or_config_are_refused_or_run_nothing(tmp_pa
     (lambda m: m.update(configs=[]), "configs"),
     (lambda m: m.clear(), "configs"),
 ])
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_a_malformed_or_hostile_submission_record_is_one_line(tmp_path, rvae, edit, fragment):
     import json
 
@@ -381,6 +390,7 @@ def test_finished_results_record_their_chunks_and_world_size(results):
     ("complete set false", "is unfinished: 4 of 4 blocks written"),
     ("a cube given as results", "is not a results store"),
 ])
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_report_and_export_refuse_results_that_are_not_whole(results, work, tmp_path, rvae, damage, fragment):
     store = work / "cube.zarr" if damage == "a cube given as results" else a_copy(results, tmp_path)
     group = zarr.open_group(str(store), mode="r+")
@@ -429,6 +439,7 @@ def test_report_refuses_all_nan_angles(results, tmp_path, rvae):
 
 
 @pytest.mark.parametrize("named", ["/dev/zero", "fifo"])
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_report_never_hangs_on_the_checkpoint_the_results_name(results, tmp_path, rvae, named):
     store = a_copy(results, tmp_path)
     if named == "fifo":
@@ -505,6 +516,7 @@ def test_a_huge_model_config_in_a_checkpoint_allocates_nothing(work, tmp_path):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
 
 
+@pytest.mark.slow  # several rvae processes: not in `make test-quick`
 def test_window_auto_finds_no_lattice_in_noise(tmp_path, rvae):
     np.save(tmp_path / "noise.npy", np.random.default_rng(0).uniform(size=(256, 256)).astype(np.float32))
     assert rvae("ingest", tmp_path / "noise.npy", tmp_path / "noise.zarr").returncode == 0
