@@ -198,7 +198,8 @@ class EncodeJob:
                              f"train on this patch store")
         positions = positions_to_encode(patch_store)
         # the classical reference map, computed from the same windows (where the lattice is known)
-        self.lattice = ((attrs["lattice_spacing"], attrs["lattice_symmetry"])
+        # (read on the strongest Bragg ring; stores written before it was recorded, on the lattice's period)
+        self.lattice = ((attrs.get("lattice_orientation_spacing", attrs["lattice_spacing"]), attrs["lattice_symmetry"])
                         if "lattice_spacing" in attrs and attrs["lattice_symmetry"] > 1 else None)
         align = None
         if isinstance(positions, ScanGrid):  # positions per cube chunk, along rows and columns

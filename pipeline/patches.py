@@ -315,7 +315,8 @@ def lattice_attrs(cube):
     except NoLattice as err:
         return {"no_lattice": str(err).split(": ", 1)[-1].split("; give")[0]}
     return {"lattice_spacing": round(found["spacing"], 3), "lattice_symmetry": found["symmetry"],
-            "lattice_symmetry_scores": {str(n): v for n, v in found["scores"].items()}}
+            "lattice_symmetry_scores": {str(n): v for n, v in found["scores"].items()},
+            "lattice_orientation_spacing": round(found["orientation_spacing"], 3)}
 
 
 def store_block(samples, target, block_info=None):
