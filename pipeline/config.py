@@ -75,16 +75,25 @@ class IngestConfig(Section):
 
 class PatchesConfig(Section):
     """Cube to training patch stack (``rvae patches``)."""
-    mode: Literal["points", "grid", "frames"] = Field(
-        "points", description="atom-centred windows, a grid of windows, or whole frames")
+    mode: Literal["points", "grid", "frames", "spectra"] = Field(
+        "points", description="atom-centred windows, a grid of windows, whole frames (4D-STEM), or each position's "
+                              "spectrum (spectrum images)")
     window: Union[Annotated[int, Field(ge=4)], Literal["auto"]] = Field(
         "auto", description="window side in pixels (points, grid); auto: about 3.7 lattice spacings, the spacing "
                             "read from the image's power spectrum")
     stride: Optional[int] = Field(None, ge=1, description="grid step in pixels (default: the window)")
     transform: Literal["none", "logfft"] = Field(
         "none", description="per-window transform: logfft = log |FFT| of the Hann-windowed window")
-    binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor")
+    binning: int = Field(1, ge=1, description="frames mode: bin each frame by this factor; spectra mode: sum this "
+                                              "many neighbouring energy channels")
     channels: str = Field("", description="spectrum images: energy bands summed into channels, e.g. '1.2:1.6,6.2:6.6'")
+    energy: str = Field("", description="spectra mode: the energy range lo:hi in the energy axis' units, e.g. 400:800 "
+                                        "(default: the whole axis)")
+    background: Literal["none", "powerlaw"] = Field(
+        "none", description="spectra mode: background removed from each spectrum: powerlaw = A E^-r fitted on "
+                            "--pre-edge (EELS core loss)")
+    pre_edge: str = Field("", description="spectra mode, --background powerlaw: the window lo:hi the background is "
+                                          "fitted on, before the edge (energy axis' units)")
     min_distance: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         "auto", description="points mode: minimum distance between atom columns, pixels; auto: 0.6 lattice spacings "
                             "(one column per unit cell of the brightest sublattice), else 3")

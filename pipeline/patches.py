@@ -1,8 +1,9 @@
 """The patch stage: a cube to a bounded training stack ``patches (sample, channel, py, px)``.
 
 Modes: ``points`` (windows centred on atom columns found by :mod:`pipeline.peaks`), ``grid``
-(windows at a stride, optionally log-|FFT| transformed) and ``frames`` (every scan position's
-diffraction pattern). Windows are cut with Dask, a block of samples per task, each task reading
+(windows at a stride, optionally log-|FFT| transformed), ``frames`` (every scan position's
+diffraction pattern) and ``spectra`` (every scan position's spectrum over an energy range, a row
+of channels: :mod:`pipeline.spectra`). Windows are cut with Dask, a block of samples per task, each task reading
 only the region of the cube its windows cover. The store also records every position the
 encode stage must visit and the :class:`~pipeline.windows.WindowSpec` that turns a cube region
 into normalised samples.
@@ -52,7 +53,7 @@ def plan_positions(cube, *, mode, window, stride, min_distance, threshold, polar
     were found: a :class:`ScanGrid` (grid, frames), never materialised, or an ``(N, 2)`` array of
     (row, col) (points)."""
     shape = cube.shape[:2]
-    if mode == "frames":
+    if mode in ("frames", "spectra"):  # every scan position
         return ScanGrid(range(shape[0]), range(shape[1])), {}
     if window > min(shape):
         raise ValueError(f"window {window} px is larger than the image ({shape[0]} x {shape[1]} px); "
@@ -162,6 +163,13 @@ def check_cube(cube, mode, channels=""):
     A spectrum image ``(y, x, energy)`` becomes ``(y, x, channel)`` through ``channels`` (energy
     bands, :mod:`pipeline.channels`) for the window modes.
     """
+    if mode == "spectra":
+        if "energy" not in cube.dims or cube.ndim != 3:
+            raise ValueError(f"--mode spectra needs a spectrum image with dims (y, x, energy), got {cube.dims}")
+        if channels:
+            raise ValueError("--channels sums energy bands into image channels for the window modes; --mode spectra "
+                             "takes each position's spectrum (--energy picks its range)")
+        return cube.transpose("y", "x", "energy")
     if "energy" in cube.dims and mode != "frames":
         if not channels:
             raise ValueError(f"a spectrum image {cube.dims} needs --channels: energy bands to sum into channels, "
@@ -229,8 +237,8 @@ def sample_centres(blocks):
 
 
 def extract_patches(cube, *, mode="points", window="auto", stride=None, transform="none", binning=1, channels="",
-                    min_distance="auto", polarity="auto", threshold=0.3, points=None, max_samples=20000,
-                    selection="random", seed=0):
+                    energy="", background="none", pre_edge="", min_distance="auto", polarity="auto", threshold=0.3,
+                    points=None, max_samples=20000, selection="random", seed=0):
     """The patch store's Dataset, lazy: ``patches`` holds the samples as cut and transformed; the
     normalisation is left for :func:`write_patches`, which measures it while it writes.
 
@@ -241,16 +249,26 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
     intensities skew low (ABF); what was found goes into ``attrs["columns_choice"]``.
     """
     cube = check_cube(cube, mode, channels)
-    lattice = {} if mode == "frames" else lattice_attrs(cube)
+    if mode != "spectra" and (energy or background != "none" or pre_edge):
+        raise ValueError("--energy, --background and --pre-edge apply to --mode spectra")
+    signals = mode in ("frames", "spectra")  # a sample per scan position, not a window
+    lattice = {} if signals else lattice_attrs(cube)
     window, choice = choose_window(window, mode, lattice, cube.shape[:2])
     if min_distance == "auto":
         spacing = lattice.get("lattice_spacing")
         min_distance = max(3, round(COLUMN_SEPARATION * spacing)) if spacing else 3
     positions, columns = plan_positions(cube, mode=mode, window=window, stride=stride, min_distance=min_distance,
                                         threshold=threshold, polarity=polarity, points=points)
-    spec = WindowSpec(mode=mode, window=window if mode != "frames" else 0,
-                      transform=transform if mode != "frames" else "none", binning=binning,
-                      channels=channels if mode != "frames" else "")
+    if signals and transform != "none":
+        raise ValueError(f"--transform applies to 'points' and 'grid' windows, not to '{mode}'")
+    spectral = {}
+    if mode == "spectra":
+        from .spectra import spectrum_settings
+
+        spectral = spectrum_settings(cube["energy"].values, energy_range=energy, background=background,
+                                     pre_edge=pre_edge, binning=binning)
+    spec = WindowSpec(mode=mode, window=0 if signals else window, transform=transform, binning=binning,
+                      channels="" if signals else channels, **spectral)
     chunk = samples_per_chunk(spec.sample_shape(cube.shape[2:]), 4)
     samples = positions
     if max_samples is not None and len(positions) > max_samples:
@@ -274,6 +292,11 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
                                          {"units": "px", "long_name": f"{name} of every position to encode"})
                    for i, name in enumerate(("row", "col"))}
         layout = {}
+    channel_coords = {}
+    if mode == "spectra":  # each sample channel's energy (a binned channel's mean)
+        energies = cube["energy"].values[spec.energy_start:spec.energy_stop]
+        energies = energies[:len(energies) // binning * binning].reshape(-1, binning).mean(axis=1)
+        channel_coords["energy"] = ("px", energies, dict(cube["energy"].attrs))
     return xr.Dataset(
         {"patches": (("sample", "channel", "py", "px"), raw,
                      {"long_name": "sample as cut and transformed; normalise with (value - offset) / scale"}),
@@ -281,7 +304,7 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
         coords={"row": ("sample", centres[:, 0], {"units": "px"}),
                 "col": ("sample", centres[:, 1], {"units": "px"}),
                 "y": ("sample", physical("y", centres[:, 0]), dict(cube["y"].attrs)),
-                "x": ("sample", physical("x", centres[:, 1]), dict(cube["x"].attrs))},
+                "x": ("sample", physical("x", centres[:, 1]), dict(cube["x"].attrs)), **channel_coords},
         attrs={"mode": mode, "stride": int(stride or window), **layout,
                "image_shape": list(cube.shape[:2]), "normalisation": "normalised = (value - offset) / scale",
                **lattice, **choice, **columns, **spec.to_attrs()})
@@ -290,10 +313,10 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
 def choose_window(window, mode, lattice, shape):
     """``(window in px, attrs recording why)`` for the ``window`` option (a size, or "auto") on an
     image of ``shape``; an automatic window is at most half the image."""
+    if mode in ("frames", "spectra"):
+        return 0, {}
     if window != "auto":
         return int(window), {}
-    if mode == "frames":
-        return 0, {}
     if "lattice_spacing" not in lattice:
         raise ValueError(f"--window auto found no lattice in the image ({lattice.get('no_lattice', 'no Bragg ring')}); "
                          f"give the window in pixels, e.g. --window 32")

@@ -102,6 +102,10 @@ def _train(strategy, patches_path, checkpoint_path, model_options, options, *, o
     log(f"training on {strategy.describe()}, {torch.get_num_threads()} torch thread(s) per rank")
     reader = ShardedPatchReader(patches_path, batch_size=options.batch_size, rank=strategy.rank,
                                 world_size=strategy.world_size, seed=options.seed, pin_memory=device.type == "cuda")
+    if reader.spec.mode == "spectra":  # the rVAE turns images; a spectrum's analogue is a shift along energy
+        raise ValueError(f"patch store {str(patches_path)!r} holds spectra (--mode spectra): they need a 1-D model "
+                         f"(a shift-invariant VAE), which this version does not have yet; its samples are in "
+                         f"'patches' (sample, 1, 1, channel) with their 'energy' coordinate")
     epochs, restarts, settings = _schedule(reader, patches_path, model_options, options, strategy.world_size, log)
     steps_per_epoch = reader.steps_per_epoch(1)
     resumed = _resume_state(checkpoint_path, settings, epochs, overwrite, reuse)

@@ -73,25 +73,41 @@ class WindowSpec:
     channels: str = ""
     offset: float = 0.0
     scale: float = 1.0
+    # spectra mode (:mod:`pipeline.spectra`): channels [energy_start, energy_stop), a background
+    # fitted on [pre_edge_start, pre_edge_stop) of an axis energy_origin + energy_step * channel
+    energy_start: int = 0
+    energy_stop: int = 0
+    background: str = "none"
+    pre_edge_start: int = 0
+    pre_edge_stop: int = 0
+    energy_origin: float = 0.0
+    energy_step: float = 1.0
 
     @property
     def keeps_dtype(self):
-        """Whether samples keep the cube's values (and dtype): no transform and no binning."""
-        return self.transform == "none" and self.binning == 1
+        """Whether samples keep the cube's values (and dtype): no transform, binning or background."""
+        return self.transform == "none" and self.binning == 1 and self.background == "none"
 
     def cut(self, region, centres=None):
         """Samples ``(N, C, h, w)`` before any transform, in the cube's dtype (float32 once binned).
 
         ``region``: a block of the scan, ``(y, x)``, ``(y, x, channel)`` or (frames mode)
-        ``(y, x, ky, kx)``, with the samples' ``centres`` (row, col) relative to it.
+        ``(y, x, ky, kx)``, or (spectra mode) ``(y, x, energy)``, with the samples' ``centres``
+        (row, col) relative to it.
         """
         region = np.asarray(region)
-        if self.mode == "frames" and isinstance(centres, ScanGrid):  # a rectangle of frames: sliced, no gather
-            rows, cols = (slice(r.start, r.stop, r.step) for r in (centres.rows, centres.cols))
-            samples = bin_frames(region[rows, cols].reshape(-1, *region.shape[2:]), self.binning)
-        elif self.mode == "frames":
-            centres = np.asarray(centres)
-            samples = bin_frames(region[centres[:, 0], centres[:, 1]], self.binning)
+        if self.mode in ("frames", "spectra"):  # each position's signal: a frame, or a spectrum
+            if isinstance(centres, ScanGrid):  # a rectangle of positions: sliced, no gather
+                rows, cols = (slice(r.start, r.stop, r.step) for r in (centres.rows, centres.cols))
+                signals = region[rows, cols].reshape(-1, *region.shape[2:])
+            else:
+                centres = np.asarray(centres)
+                signals = region[centres[:, 0], centres[:, 1]]
+            if self.mode == "spectra":
+                from .spectra import spectrum_samples
+
+                return spectrum_samples(signals, self)
+            samples = bin_frames(signals, self.binning)
         else:
             samples = cut_windows(region, np.asarray(centres), self.window)  # (N, [C,] w, w)
         return samples if samples.ndim == 4 else samples[:, None]
@@ -104,6 +120,8 @@ class WindowSpec:
         """``(h, w)`` of one sample; ``signal_shape`` is a frame's ``(ky, kx)`` in frames mode."""
         if self.mode == "frames":
             return tuple(int(n) // self.binning for n in signal_shape)
+        if self.mode == "spectra":  # a row of channels
+            return (1, (self.energy_stop - self.energy_start) // self.binning)
         return (self.window, self.window)
 
     def normalised_by(self, lo, hi, invert=False):
