@@ -31,6 +31,30 @@ def small_patches(lattice_cube, tmp_path_factory):
     return path
 
 
+def test_a_start_that_leaves_the_angle_undetermined_is_trained_again_from_the_next(tmp_path):
+    """Windows of noise hold no orientation: the encoder's angle keeps about its prior's width, so
+    training goes on from the next start; the checkpoint records the starts in the order tried."""
+    import numpy as np
+
+    from pipeline.ingest import ingest
+    from pipeline.train import UNDETERMINED_DEG, train
+
+    np.save(tmp_path / "noise.npy", np.random.default_rng(0).normal(size=(96, 96)).astype(np.float32))
+    ingest(tmp_path / "noise.npy", tmp_path / "cube.zarr", progress=False)
+    write_patches(tmp_path / "cube.zarr", tmp_path / "patches.zarr", mode="grid", window=16, stride=8,
+                  progress=False)
+    lines = []
+    train(tmp_path / "patches.zarr", tmp_path / "model.ckpt", epochs=2, batch_size=16, restarts=2,
+          model_options={"hidden": [32, 32]}, log=lines.append)
+    again = [line for line in lines if "leaves the angle undetermined" in line]
+    assert len(again) == 1, lines  # after the second (last) start, none is left to try
+    spread = float(re.search(r"mean posterior std (\d+) deg", again[0]).group(1))
+    assert spread > UNDETERMINED_DEG
+    _, payload = load_checkpoint(tmp_path / "model.ckpt")
+    assert payload["finished"] and len(payload["start_order"]) == 2
+    assert payload["start_seed"] == payload["start_order"][1] and f"seed {payload['start_seed']}" in again[0]
+
+
 LAUNCHERS = {  # how each backend's ranks are started: Horovod over Gloo (horovodrun) and over MPI (mpirun)
     "torchrun": lambda ranks: [str(BIN / "torchrun"), "--nproc-per-node", str(ranks), "--master-port", "29641"],
     "horovodrun": lambda ranks: [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo", sys.executable],
@@ -128,8 +152,10 @@ def test_sigterm_mid_epoch_then_restart_equals_an_uninterrupted_run(small_patche
     scores = {int(seed): float(loss) for loss, seed in re.findall(r"(-?[\d.]+) \(seed (\d+)\)", tried)}
     chosen = tried.split("training on from seed ")[1].split()[0]
     assert len(scores) == 2 and int(chosen) == min(scores, key=scores.get), tried
-    assert int(chosen) == load_checkpoint(stopped)[1]["start_seed"] == load_checkpoint(tmp_path / "straight.ckpt")[1][
-        "start_seed"]
+    # both trained on from the chosen start (and on from the next one, where a start left the angle undetermined)
+    finished = [load_checkpoint(path)[1] for path in (stopped, tmp_path / "straight.ckpt")]
+    assert finished[0]["start_order"] == finished[1]["start_order"] == sorted(scores, key=scores.get)
+    assert finished[0]["start_seed"] == finished[1]["start_seed"]
     a, b = load_checkpoint(tmp_path / "straight.ckpt")[0], load_checkpoint(stopped)[0]
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
