@@ -185,12 +185,13 @@ def _summary(results, symmetry, baseline=None):
     lines.append(f"reconstruction error (normalised MSE): mean {float(results['recon_error'].mean()):.4g}")
     if "reference_angle" in results and "angle" in results:
         difference = np.abs(results.rvae.against_reference().values)
+        median = np.nanmedian(difference)
         lines.append(f"classical reference (local FFT, {results['reference_angle'].attrs.get('symmetry')}-fold): the "
                      f"rVAE's angle differs by {np.nanmean(difference):.2f} deg on average, median "
-                     f"{np.nanmedian(difference):.2f} deg, after one global offset (reference_map.png)")
-        if np.nanmedian(difference) > WHOLE_MAP_DEG:
+                     f"{median:.2f} deg, after one global offset (reference_map.png)")
+        if median > WHOLE_MAP_DEG:
             lines.append(f"WARNING: the rVAE's map and the classical reference disagree at most positions (median "
-                         f"{np.nanmedian(difference):.1f} deg, more than {WHOLE_MAP_DEG:g}): at least one of them is "
+                         f"{median:.1f} deg, more than {WHOLE_MAP_DEG:g}): at least one of them is "
                          f"wrong; do not trust the rotation map without checking it (reference_map.png)")
         regions, tolerance = results.rvae.disagreement()
         if regions:
