@@ -5,8 +5,9 @@ import pyro
 # It must be set before any PyroModule is built, hence here at import.
 pyro.settings.set(module_local_params=True)
 
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from .manifold import manifold2d  # noqa: E402
 from .rvae import RVAE, VAE  # noqa: E402
+from .spectral import SpectrumVAE  # noqa: E402
 
-__all__ = ["RVAE", "VAE", "load_checkpoint", "manifold2d", "save_checkpoint"]
+__all__ = ["RVAE", "SpectrumVAE", "VAE", "build_model", "load_checkpoint", "manifold2d", "save_checkpoint"]

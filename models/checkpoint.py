@@ -14,8 +14,18 @@ import tempfile
 import torch
 
 from .rvae import RVAE
+from .spectral import SpectrumVAE
 
 FORMAT = "rvae-hpc checkpoint 1"
+MODELS = {"image": RVAE, "spectrum": SpectrumVAE}  # by the config's "kind" (image models record none)
+
+
+def build_model(config):
+    """The model a checkpoint's ``config`` describes (``ValueError`` for an unknown kind)."""
+    kind = config.get("kind", "image")
+    if kind not in MODELS:
+        raise ValueError(f"its model kind {kind!r} is not one of {sorted(MODELS)}")
+    return MODELS[kind](**config)
 
 
 def save_checkpoint(path, model, **extra):
@@ -71,13 +81,13 @@ def load_checkpoint(path, map_location="cpu"):
     config, weights = payload["config"], payload["state_dict"]
     try:
         with torch.device("meta"):  # the config's model, without memory: its shapes against the weights'
-            expected = {name: tuple(t.shape) for name, t in RVAE(**config).state_dict().items()}
+            expected = {name: tuple(t.shape) for name, t in build_model(config).state_dict().items()}
         found = {name: tuple(t.shape) if isinstance(t, torch.Tensor) else None for name, t in weights.items()}
         if expected != found:
             name = next(n for n in sorted({*expected, *found}) if expected.get(n) != found.get(n))
             raise ValueError(f"its weights do not fit its model config ({name}: the config makes "
                              f"{expected.get(name, 'nothing')}, the file holds {found.get(name, 'nothing')})")
-        model = RVAE(**config)
+        model = build_model(config)
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path!r} is not a readable rvae checkpoint: {' '.join(str(err).split())[:200]}") from err

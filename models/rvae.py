@@ -49,6 +49,8 @@ class RVAE(PyroModule):
     disc : encode and score each window's inscribed disc only (rotation-invariant support).
     """
 
+    kind = "image"
+
     def __init__(self, image_shape, *, latent_dim=2, rotation=True, translation=False,
                  num_classes=0, classes="given", class_weight=50.0, decoder="warp", encoder="mlp",
                  likelihood="bernoulli",

@@ -42,12 +42,17 @@ class Section(BaseModel):
 
 class SyntheticConfig(Section):
     """Embedded default data with known ground truth (``rvae synth``)."""
-    kind: Literal["lattice", "4dstem"] = Field("lattice", description="atomic lattice image or 4D-STEM cube")
+    kind: Literal["lattice", "4dstem", "spectra"] = Field(
+        "lattice", description="atomic lattice image, 4D-STEM cube, or spectrum image (core-loss-like spectra "
+                               "shifted along energy by region, with the true shift per position)")
     size: Optional[int] = Field(
         None, gt=15, description="image side in pixels (lattice; default 384) or scan side (4dstem; default 16, at "
-                                 "most 64)")
+                                 "most 64; spectra: default 64, any size: written block by block)")
+    channels: Optional[int] = Field(None, ge=16, le=65536,
+                                    description="spectra: channels per spectrum (default 128, 0.5 eV each)")
     spacing: Optional[float] = Field(None, gt=2, description="lattice spacing in pixels (lattice only; default 10)")
-    grains: int = Field(4, ge=1, description="number of grains (Voronoi cells) with distinct rotations")
+    grains: int = Field(4, ge=1, description="number of grains (Voronoi cells) with distinct rotations (spectra: "
+                                             "regions with distinct shifts and white-line heights)")
     dose: Optional[float] = Field(
         200.0, gt=0, description="electrons per pixel at full intensity (shot noise); null: none")
     drift: Optional[float] = Field(
@@ -114,23 +119,27 @@ class PatchesConfig(Section):
 
 
 class ModelConfig(Section):
-    """The rVAE (``rvae train``)."""
+    """The model (``rvae train``): an rVAE for windows and frames, a shift-invariant VAE for spectra."""
     latent_dim: int = Field(2, ge=1, description="content latents z (besides the angle and shifts)")
-    rotation: bool = Field(True, description="an angle latent absorbs each window's in-plane rotation")
-    translation: bool = Field(False, description="two shift latents absorb each window's offset")
+    rotation: bool = Field(True, description="windows: an angle latent absorbs each window's in-plane rotation")
+    translation: bool = Field(False, description="windows: two shift latents absorb each window's offset")
+    shift: bool = Field(True, description="spectra: a shift latent absorbs each spectrum's shift along energy "
+                                          "(the shift-VAE); off: a plain VAE")
     decoder: Literal["warp", "spatial", "broadcast"] = Field(
-        "warp", description="warp: a canonical image decoded once and turned (fast); spatial: the article's MLP of "
-                            "pixel coordinates; broadcast: a spatial-broadcast conv decoder")
+        "warp", description="warp: a canonical image (spectrum) decoded once and turned (shifted by resampling): "
+                            "fast; spatial: the article's MLP of pixel (energy) coordinates; broadcast: a "
+                            "spatial-broadcast conv decoder (1-D for spectra)")
     encoder: Literal["mlp", "conv"] = Field("mlp", description="fully connected or convolutional encoder")
-    likelihood: Literal["bernoulli", "gaussian"] = Field(
-        "bernoulli", description="how windows (normalised to [0, 1]) are scored: Bernoulli cross-entropy, as in the "
-                                 "article, or Gaussian")
+    likelihood: Literal["auto", "bernoulli", "gaussian", "poisson"] = Field(
+        "auto", description="how samples (normalised to [0, 1]) are scored: Bernoulli cross-entropy, as in the "
+                            "article, Gaussian, or (spectra of counts) Poisson; auto: bernoulli for windows, gaussian "
+                            "for spectra")
     noise_scale: Optional[float] = Field(0.1, gt=0, description="gaussian likelihood width; null: learned")
-    angle_prior: float = Field(1.0, gt=0, description="prior width of the angle latent, radians")
-    shift_prior: float = Field(0.1, gt=0, description="prior width of the shift latents, half-windows")
-    disc: bool = Field(True, description="encode and score only each window's inscribed disc, which turns into "
-                                         "itself (a square's corners do not): the angle alone says how a window is "
-                                         "turned")
+    angle_prior: float = Field(1.0, gt=0, description="windows: prior width of the angle latent, radians")
+    shift_prior: float = Field(0.1, gt=0, description="prior width of the shift latents, half-windows (half-spectra)")
+    disc: bool = Field(True, description="windows: encode and score only each window's inscribed disc, which turns "
+                                         "into itself (a square's corners do not): the angle alone says how a window "
+                                         "is turned")
     hidden: Optional[tuple[Annotated[int, Field(ge=1, le=8192)], ...]] = Field(
         None, min_length=1, description="decoder MLP widths, e.g. 256,256, each 1 to 8192 (default: 256,256 warp; "
                                         "96,96,96 spatial)")

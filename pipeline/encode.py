@@ -32,6 +32,7 @@ import zarr
 from models import load_checkpoint
 from models.geometry import upright
 from models.refinement import AngleSearch
+from models.shift_search import ShiftSearch
 
 from . import provenance
 from .compression import results_codecs
@@ -104,6 +105,38 @@ def encode_samples(model, samples, batch_size, device=torch.device("cpu"), preci
             means.append(mean.float()), stds.append(std.float()), offsets.append(offset.float())
             support = model.support.expand_as(x)  # the disc a disc model was trained on, else every pixel
             errors.append((((recon.float() - x) ** 2) * support).sum(dim=(1, 2, 3)) / support.sum(dim=(1, 2, 3)))
+    return tuple(torch.cat(parts).cpu().numpy() for parts in (means, stds, errors, offsets))
+
+
+def encode_spectra(model, samples, batch_size, energy_per_channel, device=torch.device("cpu"), precision="fp32",
+                   search=None):
+    """``(mean, std, recon_error, frame_offset)`` of every spectrum (a :class:`models.SpectrumVAE`'s
+    posterior, ``batch_size`` at a time), shifts and offsets in the energy axis' units
+    (``energy_per_channel`` a sample channel). ``search``: a :class:`~models.shift_search.ShiftSearch`
+    to refine each shift against the decoder, in its one frame; None keeps the encoder's shifts.
+    The reconstruction is of the sample's own code at its shift."""
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    samples = torch.from_numpy(samples)
+    means, stds, errors, offsets = [], [], [], []
+    with torch.inference_mode(), autocast:
+        for i in range(0, len(samples), batch_size):
+            x = samples[i:i + batch_size].to(device, non_blocking=True)
+            mean, std = model.encode(x)
+            parts = model._split(mean, mean)
+            rendering = model.renderer(parts["z"][0])  # decoded once, for the search and the reconstruction
+            shift = parts["shift"][0] if model.shift else None
+            offset = torch.zeros(len(x), device=x.device)
+            if search is not None:
+                shift, offset = search.refine(x, mean, rendering)
+                mean[:, 0] = shift
+            recon = model.mean_image(rendering(None if shift is None else shift - offset))  # its own frame
+            errors.append(((recon.float() - x) ** 2).mean(dim=(1, 2, 3)))
+            if model.shift:  # half-spectra to the energy axis' units
+                mean[:, 0] = model.shift_in_channels(mean[:, 0]) * energy_per_channel
+                std[:, 0] = model.shift_in_channels(std[:, 0]) * abs(energy_per_channel)
+            means.append(mean.float()), stds.append(std.float())
+            offsets.append(model.shift_in_channels(offset).float() * energy_per_channel)
     return tuple(torch.cat(parts).cpu().numpy() for parts in (means, stds, errors, offsets))
 
 
@@ -197,6 +230,12 @@ class EncodeJob:
                              f"({trained_on}) than patch store {str(patches_path)!r} makes them ({spec}); "
                              f"train on this patch store")
         positions = positions_to_encode(patch_store)
+        self.energy_per_channel = None
+        self.spectral_shift = self.model.kind == "spectrum" and self.model.shift
+        if self.model.kind == "spectrum":
+            from .spectra import channel_width
+
+            self.energy_per_channel = channel_width(self.cube["energy"].values, spec)
         # the classical reference map, computed from the same windows (where the lattice is known)
         # (read on the strongest Bragg ring; stores written before it was recorded, on the lattice's period)
         self.lattice = ((attrs.get("lattice_orientation_spacing", attrs["lattice_spacing"]), attrs["lattice_symmetry"])
@@ -207,7 +246,7 @@ class EncodeJob:
                           zip(self.cube.data.chunks[:2], (positions.rows.step, positions.cols.step)))
         self.plan = EncodePlan(attrs["mode"], positions, block, align)
         self.reader = RegionReader(self.cube.data)
-        self.refine = refine = bool(refine and self.model.rotation)
+        self.refine = refine = bool(refine and (self.model.rotation or self.spectral_shift))
         # One frame: every window's angle against the decoder's image at one reference code
         # (models.refinement); class-conditional decoders draw a different image per class.
         self.reference, sample = (frame_reference(self.model, patch_store, spec)
@@ -228,6 +267,8 @@ class EncodeJob:
             "patches": str(Path(patches_path).resolve()), "checkpoint": str(Path(checkpoint_path).resolve()),
             "mode": self.plan.mode, "config": config_text or "", "software_version": provenance.software_version(),
             "git_commit": provenance.git_commit(), "created": provenance.now(), **self.run_record, **chosen}
+        if self.energy_per_channel is not None:
+            self.attrs["energy_per_channel"] = self.energy_per_channel
         if self.reference is not None:
             self.attrs["frame_reference_code"] = [round(v, 6) for v in self.reference]
 
@@ -236,7 +277,8 @@ class EncodeJob:
         if not self.refine:
             return None
         if device not in self.searches:
-            self.searches[device] = AngleSearch(self.model, self.reference, device=device)
+            search = ShiftSearch if self.spectral_shift else AngleSearch
+            self.searches[device] = search(self.model, self.reference, device=device)
         return self.searches[device]
 
     def done(self):
@@ -254,6 +296,9 @@ class EncodeJob:
 
     def encode(self, samples, batch_size, device=torch.device("cpu"), precision="fp32"):
         """The posterior ``(mean, std, recon_error, frame_offset)`` of one block's samples."""
+        if self.energy_per_channel is not None:
+            return encode_spectra(self.model, samples, batch_size, self.energy_per_channel, device, precision,
+                                  self.search(device))
         return encode_samples(self.model, samples, batch_size, device, precision, self.search(device), self.symmetry)
 
     def cut(self, b):

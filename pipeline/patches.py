@@ -294,9 +294,9 @@ def extract_patches(cube, *, mode="points", window="auto", stride=None, transfor
         layout = {}
     channel_coords = {}
     if mode == "spectra":  # each sample channel's energy (a binned channel's mean)
-        energies = cube["energy"].values[spec.energy_start:spec.energy_stop]
-        energies = energies[:len(energies) // binning * binning].reshape(-1, binning).mean(axis=1)
-        channel_coords["energy"] = ("px", energies, dict(cube["energy"].attrs))
+        from .spectra import sample_energies
+
+        channel_coords["energy"] = ("px", sample_energies(cube["energy"].values, spec), dict(cube["energy"].attrs))
     return xr.Dataset(
         {"patches": (("sample", "channel", "py", "px"), raw,
                      {"long_name": "sample as cut and transformed; normalise with (value - offset) / scale"}),

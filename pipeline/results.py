@@ -114,10 +114,25 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
                 "units": "rad", "symmetry": n,
                 "long_name": f"angle - reference_angle after one global offset, wrapped to (-pi/{n}, pi/{n}]: "
                              f"near 0 where the rVAE and the classical map agree"})
+    if model.kind == "spectrum" and model.shift:
+        frame = ("the decoder's spectrum at the reference code (attrs frame_reference_code)"
+                 if "frame_reference_code" in attrs else "the decoder's spectrum at the sample's own code")
+        units = cube["energy"].attrs.get("units", "channel widths") if "energy" in cube.coords else "channel widths"
+        data["shift"] = (plan.dims, empty(), {
+            "units": units, "long_name": f"shift along energy (positive: towards higher energy), "
+                                         f"{'refined against the decoder, ' if attrs.get('refined') else ''}against "
+                                         f"{frame}",
+            "channel_width": attrs.get("energy_per_channel", 1.0)})
+        data["shift_std"] = (plan.dims, empty(), {"units": units, "long_name": "shift posterior std"})
+        if "frame_reference_code" in attrs:
+            data["frame_offset"] = (plan.dims, empty(), {
+                "units": units, "long_name": "shift of the decoder's spectrum at the sample's code against the "
+                                             "reference spectrum, included in shift (one frame for every spectrum)"})
     if model.translation:
         for axis in ("y", "x"):
             data[f"shift_{axis}"] = (plan.dims, empty(), {"units": "px", "long_name": f"translation along {axis}"})
-    title = f"rVAE rotation and latent maps of {attrs.get('source', 'a cube')}"
+    title = (f"shift-VAE shift and latent maps of {attrs.get('source', 'a cube')}" if model.kind == "spectrum" else
+             f"rVAE rotation and latent maps of {attrs.get('source', 'a cube')}")
     return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.10", "title": title, **attrs, "complete": False})
 
 
@@ -152,6 +167,12 @@ def write_block(group, plan, model, region, mean, std, error, offset, symmetry, 
         put("angle_std", std[:, 0])
         if "frame_offset" in group:
             put("frame_offset", wrap_angle(offset, symmetry))
+        i = 1
+    if model.kind == "spectrum" and model.shift:  # already in the energy axis' units
+        put("shift", mean[:, 0])
+        put("shift_std", std[:, 0])
+        if "frame_offset" in group:
+            put("frame_offset", offset)
         i = 1
     if model.translation:
         half = np.array(model.image_shape[1:]) / 2  # shift latents are in half-windows

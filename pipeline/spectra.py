@@ -65,6 +65,19 @@ def spectrum_samples(spectra, spec):
     return bin_channels(out, spec.binning)[:, None, None, :]
 
 
+def sample_energies(energy, spec):
+    """The energy of each sample channel ``spec`` makes from the axis ``energy`` (a binned
+    channel's mean)."""
+    values = np.asarray(energy)[spec.energy_start:spec.energy_stop]
+    return values[:len(values) // spec.binning * spec.binning].reshape(-1, spec.binning).mean(axis=1)
+
+
+def channel_width(energy, spec):
+    """The energy one sample channel spans (the axis' units): what a shift of one channel is."""
+    values = sample_energies(energy, spec)
+    return float((values[-1] - values[0]) / (len(values) - 1))
+
+
 def spectrum_settings(energy, *, energy_range="", background="none", pre_edge="", binning=1):
     """The :class:`~pipeline.windows.WindowSpec` fields of a spectra mode, resolved on the cube's
     ``energy`` coordinate: channel ranges, and the axis' origin and step for the background's fit."""
@@ -93,3 +106,53 @@ def spectrum_settings(energy, *, energy_range="", background="none", pre_edge=""
         raise ValueError("--background powerlaw needs an evenly spaced energy axis")
     return {**settings, "pre_edge_start": pre_start, "pre_edge_stop": pre_stop,
             "energy_origin": float(values[0]), "energy_step": float(step[0]) if len(step) else 1.0}
+
+
+def detrended(spectra):
+    """``(N, E)`` spectra less the straight line through their first and last channels: they then
+    end at 0, and zero-padding adds no step (an edge's rise would otherwise dominate the
+    correlation, which then prefers the lag that best overlaps the padding)."""
+    ramp = np.linspace(0.0, 1.0, spectra.shape[-1])
+    return spectra - spectra[:, :1] - (spectra[:, -1:] - spectra[:, :1]) * ramp
+
+
+def cross_correlation_shift(spectra, reference, max_shift=None):
+    """Each spectrum's shift against ``reference`` in channels (positive: towards higher channels),
+    the classical estimate (as HyperSpy's ``estimate_shift1D``): the peak of the cross-correlation
+    of the spectra less the line through their ends (:func:`detrended`; zero-padded FFTs, ``(N,
+    E)`` at once), refined by a parabola
+    through the peak and its neighbours; searched within ``max_shift`` channels (default: a quarter
+    of the axis)."""
+    spectra = np.asarray(spectra, dtype=np.float64)
+    n = spectra.shape[-1]
+    max_shift = n // 4 if max_shift is None else int(max_shift)
+    a, b = detrended(spectra), detrended(np.asarray(reference, dtype=np.float64)[None])[0]
+    size = 2 * n
+    correlation = np.fft.irfft(np.fft.rfft(a, size) * np.conj(np.fft.rfft(b, size)), size)
+    lags = np.r_[0:max_shift + 1, -max_shift:0]
+    window = correlation[:, lags]  # lag k: spectrum[i] ~ reference[i - k]
+    best = np.clip(window.argmax(axis=1), 0, None)
+    centre = lags[best]
+    below, at, above = (correlation[np.arange(len(a)), (centre + k) % size] for k in (-1, 0, 1))
+    curvature = below - 2 * at + above
+    vertex = np.where(curvature < 0, 0.5 * (below - above) / np.where(curvature < 0, curvature, -1), 0.0)
+    return centre + np.clip(vertex, -1, 1)
+
+
+def shift_spectra(spectra, shifts):
+    """``(N, E)`` spectra moved by ``shifts`` channels each (linear interpolation; edges held)."""
+    channel = np.arange(spectra.shape[-1], dtype=np.float64)
+    return np.stack([np.interp(channel - s, channel, spectrum) for spectrum, s in zip(spectra, shifts)])
+
+
+def classical_shifts(spectra, iterations=3, max_shift=None):
+    """The classical per-spectrum shift estimate in channels: cross-correlation against the mean
+    spectrum (:func:`cross_correlation_shift`), then against the mean of the spectra aligned by
+    that estimate, ``iterations`` times in all (a mean of unaligned spectra is blurred by their
+    shifts; aligned, it sharpens). Relative to the final mean spectrum."""
+    spectra = np.asarray(spectra, dtype=np.float64)
+    reference = spectra.mean(axis=0)
+    for _ in range(iterations):
+        shifts = cross_correlation_shift(spectra, reference, max_shift)
+        reference = shift_spectra(spectra, -shifts).mean(axis=0)
+    return shifts

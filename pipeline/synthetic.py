@@ -143,11 +143,14 @@ def rotating_diffraction(*, size=16, detector=32, grains=4, dose=200.0, pixel_si
                "grain_angles_deg": np.degrees(angles).round(3).tolist(), "seed": seed})
 
 
-SYNTH_DEFAULTS = {"lattice": {"size": 384, "spacing": 10.0, "drift": 0.0}, "4dstem": {"size": 16}}
+SYNTH_DEFAULTS = {"lattice": {"size": 384, "spacing": 10.0, "drift": 0.0}, "4dstem": {"size": 16},
+                  "spectra": {"size": 64, "channels": 128}}
+ONLY = {"spacing": ("lattice",), "drift": ("lattice",), "channels": ("spectra",)}  # the kinds a parameter is for
 
 
 def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, check_only=False, log=print, **params):
-    """Generate the embedded dataset and write it as a Zarr v3 cube. Returns the Dataset.
+    """Generate the embedded dataset and write it as a Zarr v3 cube, block by block (a spectrum
+    image is generated lazily: any size). Returns the Dataset.
 
     ``reuse``: an existing cube made with these same parameters is kept (``rvae run`` continuing).
     ``check_only``: write nothing; return whether ``reuse`` would keep the cube at ``path``.
@@ -157,17 +160,17 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, check
     from .compression import cube_codecs
     from .scheduler import compute
     from .stores import open_store, record_chunks, records_match, staged_output
+    from .synthetic_spectra import spectrum_image
 
-    make = {"lattice": lattice_grains, "4dstem": rotating_diffraction}[kind]
+    make = {"lattice": lattice_grains, "4dstem": rotating_diffraction, "spectra": spectrum_image}[kind]
     given = {key: value for key, value in params.items() if value is not None or key == "dose"}
-    if kind == "4dstem":
-        wrong = sorted({"spacing", "drift"} & given.keys())
-        if wrong:
-            raise ValueError(f"synth --kind 4dstem has no {' or '.join(wrong)} (only the lattice image has); leave "
-                             f"{'them' if len(wrong) > 1 else 'it'} out")
-        if given.get("size", 16) > 64:
-            raise ValueError(f"synth --kind 4dstem: size {given['size']} is the scan side, at most 64 (every scan "
-                             f"position holds a 64 x 64 pattern in memory)")
+    wrong = sorted(name for name in given if kind not in ONLY.get(name, (kind,)))
+    if wrong:
+        raise ValueError(f"synth --kind {kind} has no {' or '.join(wrong)} (only {ONLY[wrong[0]][0]} has); leave "
+                         f"{'them' if len(wrong) > 1 else 'it'} out")
+    if kind == "4dstem" and given.get("size", 16) > 64:
+        raise ValueError(f"synth --kind 4dstem: size {given['size']} is the scan side, at most 64 (every scan "
+                         f"position holds a 64 x 64 pattern in memory)")
     params = {**SYNTH_DEFAULTS[kind], **given}
     record = {"synthetic": json.dumps({"kind": kind, **params}, sort_keys=True)}
     if check_only:
@@ -177,7 +180,7 @@ def write_synthetic(path, *, kind="lattice", overwrite=False, reuse=False, check
         return open_store(path, what="cube")
     ds = make(**params)
     ds.attrs.update(record)
-    chunks = {"y": 256, "x": 256} if kind == "lattice" else {"y": 16, "x": 16}
+    chunks = {"lattice": {"y": 256, "x": 256}, "4dstem": {"y": 16, "x": 16}, "spectra": {"y": 64, "x": 64}}[kind]
     with staged_output(path, overwrite) as staging:
         # through scheduler.compute: after a failed write (a full disk) it returns only once no
         # other chunk write is still running, so none recreates the partial output once removed

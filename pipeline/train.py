@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import RVAE, load_checkpoint, save_checkpoint
+from models import build_model, load_checkpoint, save_checkpoint
 
 from .dataset import ShardedPatchReader
 from .distributed import make_strategy
@@ -108,10 +108,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, options, *, o
     log(f"training on {strategy.describe()}, {torch.get_num_threads()} torch thread(s) per rank")
     reader = ShardedPatchReader(patches_path, batch_size=options.batch_size, rank=strategy.rank,
                                 world_size=strategy.world_size, seed=options.seed, pin_memory=device.type == "cuda")
-    if reader.spec.mode == "spectra":  # the rVAE turns images; a spectrum's analogue is a shift along energy
-        raise ValueError(f"patch store {str(patches_path)!r} holds spectra (--mode spectra): they need a 1-D model "
-                         f"(a shift-invariant VAE), which this version does not have yet; its samples are in "
-                         f"'patches' (sample, 1, 1, channel) with their 'energy' coordinate")
+    model_options = resolve_model_options(reader.spec, model_options)
     epochs, restarts, settings = _schedule(reader, patches_path, model_options, options, strategy.world_size, log)
     steps_per_epoch = reader.steps_per_epoch(1)
     resumed = _resume_state(checkpoint_path, settings, epochs, overwrite, reuse)
@@ -182,6 +179,35 @@ def _angle_spread(strategy, reader, model, batches=4):
     return math.degrees(strategy.allreduce_mean(float(np.mean(scales))))
 
 
+IMAGE_ONLY = ("rotation", "translation", "disc", "angle_prior")  # model options that turn or shift a window
+SPECTRUM_ONLY = ("shift",)
+
+
+def resolve_model_options(spec, options):
+    """The model's keyword arguments for the samples ``spec`` makes, from the model section's
+    values: an rVAE's for windows and frames, a shift-invariant VAE's
+    (:class:`models.SpectrumVAE`) for spectra, each given only the options it has; likelihood
+    ``auto``: bernoulli for windows, gaussian for spectra. What a checkpoint records."""
+    options = dict(options)
+    likelihood = options.pop("likelihood", "auto")
+    if spec.mode != "spectra":
+        for name in SPECTRUM_ONLY:
+            options.pop(name, None)
+        if likelihood == "poisson":
+            raise ValueError("likelihood poisson scores counts, for spectra (--mode spectra); windows take bernoulli "
+                             "or gaussian")
+        return {**options, "likelihood": "bernoulli" if likelihood == "auto" else likelihood}
+    for name in IMAGE_ONLY:
+        options.pop(name, None)
+    resolved = {"kind": "spectrum", **options, "likelihood": "gaussian" if likelihood == "auto" else likelihood}
+    if likelihood == "poisson":  # the model scores counts: the samples' normalisation undone
+        if spec.background != "none" or spec.offset < 0:
+            raise ValueError("likelihood poisson scores counts, and these spectra are not counts (a background was "
+                             "subtracted, or values are negative); use gaussian")
+        resolved.update(count_scale=spec.scale, count_offset=spec.offset)
+    return resolved
+
+
 def _schedule(reader, patches_path, model_options, options, world_size, log=lambda line: None):
     """``(epochs, restarts, settings)``: "auto" resolved for this patch store on this many ranks,
     and the settings a checkpoint records (what makes two trainings the same run)."""
@@ -209,7 +235,8 @@ def trained(patches_path, checkpoint_path, *, world_size=1, model_options=None, 
     known = {name: value for name, value in options.items() if name in TrainOptions.__dataclass_fields__}
     options = TrainOptions(**known)
     reader = ShardedPatchReader(patches_path, batch_size=options.batch_size, world_size=world_size, seed=options.seed)
-    epochs, _, settings = _schedule(reader, patches_path, model_options or {}, options, world_size)
+    model_options = resolve_model_options(reader.spec, model_options or {})
+    epochs, _, settings = _schedule(reader, patches_path, model_options, options, world_size)
     _, payload = load_checkpoint(checkpoint_path)
     return bool(payload.get("finished")) and payload.get("settings") == settings and payload.get("epochs") == epochs
 
@@ -302,7 +329,7 @@ def _start(strategy, reader, model_options, lr, seed):
     """A fresh model from ``seed`` (the same parameters on every rank), wrapped for the strategy,
     with its optimizer; the ELBO noise is seeded per rank."""
     torch.manual_seed(seed)
-    model = RVAE(reader.sample_shape, **model_options).to(strategy.device)
+    model = build_model({"image_shape": reader.sample_shape, **model_options}).to(strategy.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     with torch.no_grad():  # materialise any lazily created (Pyro) parameters before wrapping
         model.loss(torch.zeros(2, *reader.sample_shape, device=strategy.device))
