@@ -219,6 +219,43 @@ class RVAEAccessor:
             raise ValueError(f"checkpoint {checkpoint!r} changed since the results were encoded")
         return load_checkpoint(checkpoint)[0]
 
+    def decoded_spectra(self, n=7):
+        """Spectra decoded along each latent (results of spectra): ``z_i`` over its encoded 5th-95th
+        percentile in ``n`` steps, the other latents at their median, no shift; a DataArray
+        ``(latent, step, energy)`` on the data scale the model was trained on (normalised), with the
+        patch store's energy coordinate where it is still there."""
+        import torch
+
+        from .stores import open_store
+
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"decoded_spectra(n): n is the number of spectra per latent, an integer >= 1 (got {n!r})")
+        self._check()
+        model = self.model()
+        if model.kind != "spectrum":
+            raise ValueError("these results are not of spectra: decoded_spectra needs a shift-VAE's results "
+                             "(rvae patches --mode spectra); manifold() draws an rVAE's")
+        z = self._ds["z"].values.reshape(self._ds.sizes["latent"], -1).T
+        z = z[np.isfinite(z).all(axis=1)]
+        latent = z.shape[1]
+        low, high = np.percentile(z, [5, 95], axis=0)
+        codes = np.repeat(np.repeat(np.median(z, axis=0)[None, None], latent, 0), n, 1)
+        for i in range(latent):
+            codes[i, :, i] = np.linspace(low[i], high[i], n)
+        decoded = model.decode(torch.tensor(codes.reshape(-1, latent), dtype=torch.float32),
+                               shift=torch.zeros(latent * n) if model.shift else None)
+        spectra = decoded.numpy().reshape(latent, n, -1)
+        along = codes[np.arange(latent), :, np.arange(latent)]  # (latent, step): the value each varies
+        coords = {"latent": np.arange(latent), "z": (("latent", "step"), along)}
+        try:
+            energy = open_store(self._ds.attrs["patches"], what="patch store")["energy"]
+            if energy.size == spectra.shape[-1]:
+                coords["energy"] = ("energy", energy.values, dict(energy.attrs))
+        except (OSError, ValueError, KeyError):
+            pass  # the patch store is gone: channels only
+        return xr.DataArray(spectra, dims=("latent", "step", "energy"), coords=coords,
+                            attrs={"long_name": "decoded spectrum (normalised)", "units": "1"})
+
     def manifold(self, n=8):
         """The decoded latent manifold ``(image, extent)`` over the encoded latents' range (angle 0)."""
         from models import manifold2d

@@ -15,8 +15,8 @@ from .windows import WindowSpec
 
 
 def decompose(patches_path, n_components=2, seed=0):
-    """``{"pca": (N, k), "nmf": (N, k), "y": (N,), "x": (N,), "explained": (k,)}`` for the N
-    samples of the patch store."""
+    """``{"pca": (N, k), "nmf": (N, k), "y": (N,), "x": (N,), "explained": (k,), "pca_components":
+    (k, F), "nmf_components": (k, F)}`` for the N samples of the patch store (F values each)."""
     from sklearn.decomposition import IncrementalPCA, MiniBatchNMF
 
     ds = open_store(patches_path, what="patch store")
@@ -37,4 +37,5 @@ def decompose(patches_path, n_components=2, seed=0):
         nmf.partial_fit(samples)
     scores = [(pca.transform(samples), nmf.transform(samples)) for samples in batches()]
     return {"pca": np.concatenate([s[0] for s in scores]), "nmf": np.concatenate([s[1] for s in scores]),
-            "y": ds["y"].values, "x": ds["x"].values, "explained": pca.explained_variance_ratio_}
+            "y": ds["y"].values, "x": ds["x"].values, "explained": pca.explained_variance_ratio_,
+            "pca_components": pca.components_, "nmf_components": nmf.components_}

@@ -189,13 +189,23 @@ def neighbour_flips(search, sample, symmetry):
     return float(np.mean(np.abs(difference) > np.pi / (2 * symmetry)))
 
 
+def sample_indices(patch_store, count=2048):
+    """Up to ``count`` indices spread evenly over the patch store's samples."""
+    n = patch_store.sizes["sample"]
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+
+
+def training_sample(patch_store, spec, count=2048):
+    """Up to ``count`` normalised training samples spread evenly over the patch store."""
+    return spec.normalise(patch_store["patches"].isel(sample=sample_indices(patch_store, count)).values)
+
+
 def frame_reference(model, patch_store, spec, count=2048):
     """``(code, sample)``: the code whose decoded image defines angle 0, the median of the encoder's
     codes of up to ``count`` training windows spread evenly over the patch store, and that sample
     ``(windows, encoded, positions)``."""
-    n = patch_store.sizes["sample"]
-    picked = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
-    windows = torch.from_numpy(spec.normalise(patch_store["patches"].isel(sample=picked).values))
+    windows = torch.from_numpy(training_sample(patch_store, spec, count))
+    picked = sample_indices(patch_store, count)
     with torch.inference_mode():
         mean, _ = model.encode(windows)
     positions = np.stack([patch_store["row"].values[picked], patch_store["col"].values[picked]], -1)
@@ -232,10 +242,13 @@ class EncodeJob:
         positions = positions_to_encode(patch_store)
         self.energy_per_channel = None
         self.spectral_shift = self.model.kind == "spectrum" and self.model.shift
+        self.reference_spectrum = None  # the classical estimate's reference, for spectra
         if self.model.kind == "spectrum":
-            from .spectra import channel_width
+            from .spectra import channel_width, classical_shifts
 
             self.energy_per_channel = channel_width(self.cube["energy"].values, spec)
+            if self.spectral_shift:
+                self.reference_spectrum = classical_shifts(training_sample(patch_store, spec)[:, 0, 0])[1]
         # the classical reference map, computed from the same windows (where the lattice is known)
         # (read on the strongest Bragg ring; stores written before it was recorded, on the lattice's period)
         self.lattice = ((attrs.get("lattice_orientation_spacing", attrs["lattice_spacing"]), attrs["lattice_symmetry"])
@@ -302,15 +315,23 @@ class EncodeJob:
         return encode_samples(self.model, samples, batch_size, device, precision, self.search(device), self.symmetry)
 
     def cut(self, b):
-        """Block ``b``'s samples, its region in the results, and its classical reference
-        ``(angle, confidence)`` (None where the lattice is unknown)."""
+        """Block ``b``'s samples, its region in the results, and its classical reference (the
+        results' variables it fills: ``reference_angle`` and ``reference_confidence`` where the
+        lattice is known, ``reference_shift`` for spectra; empty otherwise)."""
         positions, region = self.plan.block(b)
         with reading(self.cube_path):
             samples = cut_block(self.spec, self.reader, positions)
-        reference = None
+        reference = {}
         if self.lattice is not None:
             spacing, symmetry = self.lattice
-            reference = orientation(samples.sum(axis=1), spacing, symmetry, spectrum=self.spec.transform == "logfft")
+            angle, confidence = orientation(samples.sum(axis=1), spacing, symmetry,
+                                            spectrum=self.spec.transform == "logfft")
+            reference = {"reference_angle": angle, "reference_confidence": confidence}
+        if self.reference_spectrum is not None:
+            from .spectra import cross_correlation_shift
+
+            shift = cross_correlation_shift(samples[:, 0, 0], self.reference_spectrum) * self.energy_per_channel
+            reference = {"reference_shift": shift.astype(np.float32)}
         return samples, region, reference
 
     def write(self, group, region, posterior, b, reference=None):
@@ -509,7 +530,8 @@ def _open_or_create(job, overwrite, reuse):
     # always a whole template (or more), whenever the process is killed.
     with staged_output(out, overwrite=True, locked=True) as staging:
         template = results_template(job.plan, job.cube, job.model, job.symmetry, job.attrs,
-                                    reference_symmetry=job.lattice[1] if job.lattice else None)
+                                    reference_symmetry=job.lattice[1] if job.lattice else None,
+                                    reference_shift=job.reference_spectrum is not None)
         template.to_zarr(staging, compute=False, zarr_format=3,
                          encoding={name: {"compressors": results_codecs()} for name in template.data_vars})
         group = zarr.open_group(str(staging), mode="r+")

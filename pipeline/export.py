@@ -4,7 +4,8 @@ The signal is written with rosettasciio (already a dependency: no HyperSpy neede
 and opens with ``hs.load`` or ``rsciio.hspy.file_reader``: the scan axes (``y``, ``x``; a
 ``sample`` axis for points results) are its navigation axes, with the results' physical scale,
 offset and units, and its one signal axis runs over the quantities per position: the angle and
-its posterior std in degrees, each latent and its std, the shifts, the reconstruction error
+its posterior std in degrees, each latent and its std, the shifts (a spectrum's along energy in
+the energy axis' units, and its classical reference), the reconstruction error
 (their names in ``metadata.Signal.quantities``).
 """
 import errno
@@ -29,7 +30,7 @@ def quantities(results):
     for i in range(results.sizes["latent"]):
         found.append((f"z{i}", "1", results["z"].isel(latent=i).values))
         found.append((f"z{i}_std", "1", results["z_std"].isel(latent=i).values))
-    for name in ("shift_y", "shift_x", "recon_error"):
+    for name in ("shift", "shift_std", "reference_shift", "shift_y", "shift_x", "recon_error"):
         if name in results:
             found.append((name, results[name].attrs.get("units", ""), results[name].values))
     return found

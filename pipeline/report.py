@@ -21,17 +21,27 @@ def write_report(results_path, out_dir, *, overwrite=False, log=print):
     check_distinct([out_dir], [results_path])
     results = load_results(results_path)
     out = Path(out_dir)
-    figures = {name: out / f"{name}.png" for name in ("rotation_map", "reference_map", "latent_maps",
-                                                      "latent_scatter", "manifold", "pca_nmf")}
+    spectra = results.attrs.get("mode") == "spectra"
+    names = (("shift_map", "latent_maps", "decoded_spectra", "pca_nmf") if spectra else
+             ("rotation_map", "reference_map", "latent_maps", "latent_scatter", "manifold", "pca_nmf"))
+    figures = {name: out / f"{name}.png" for name in names}
     # a report is finished once its summary is written (last); figures without one are redrawn
     if not overwrite and (out / "summary.txt").exists():
         raise FileExistsError(f"{str(out)!r} already holds a report; choose another directory or pass --overwrite")
     with output_lock(out), writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        return _draw(plt, results, out, figures, log)
+        draw = _draw_spectra if spectra else _draw
+        summary = draw(plt, results, figures, log)
+        # last, and whole or not at all: a report with its summary is finished (rvae run keeps it)
+        staging = out / f".summary.txt.partial-{os.getpid()}"
+        staging.write_text(summary, encoding="utf-8", errors="backslashreplace")  # paths need not be UTF-8
+        staging.replace(out / "summary.txt")
+        log(summary.rstrip())
+        return [*figures.values(), out / "summary.txt"]
 
 
-def _draw(plt, results, out, figures, log):
+def _draw(plt, results, figures, log):
+    """The rotation, reference and latent maps, the latent space and manifold, PCA/NMF; returns the summary."""
     symmetry = int(results.attrs.get("symmetry", 1))
     points = "sample" in results.dims
     background = _background(results) if points else None
@@ -68,13 +78,76 @@ def _draw(plt, results, out, figures, log):
     baseline = _pca_nmf(plt, results, figures["pca_nmf"], log)
     if baseline is None:
         del figures["pca_nmf"]
-    summary = _summary(results, symmetry, baseline)
-    # last, and whole or not at all: a report with its summary is finished (rvae run keeps it)
-    staging = out / f".summary.txt.partial-{os.getpid()}"
-    staging.write_text(summary, encoding="utf-8", errors="backslashreplace")  # paths need not be UTF-8
-    staging.replace(out / "summary.txt")
-    log(summary.rstrip())
-    return [*figures.values(), out / "summary.txt"]
+    return _summary(results, symmetry, baseline)
+
+
+def _draw_spectra(plt, results, figures, log):
+    """A shift-VAE's results: the shift map beside the classical one and their difference, the
+    latent maps, spectra decoded along each latent, PCA/NMF components with their score maps;
+    returns the summary."""
+    units = results["shift"].attrs.get("units", "") if "shift" in results else ""
+    panels = [(name, title) for name, title in (("shift", "shift-VAE shift"),
+                                                ("reference_shift", "classical: cross-correlation shift"),
+                                                ("reference_difference", "shift-VAE - classical (one offset removed)"))
+              if name in results]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.3 * max(1, len(panels)), 4.5), squeeze=False)
+    for ax, (name, title) in zip(axes[0], panels):
+        _map(ax, results, results[name].values, None, cmap="RdBu_r" if name == "reference_difference" else "viridis",
+             label=f"{name} ({units})")
+        ax.set_title(title)
+    if not panels:
+        axes[0, 0].set_title("no shift latent (a plain VAE)")
+    _save(fig, figures["shift_map"])
+
+    latent = results.sizes["latent"]
+    fig, axes = plt.subplots(1, latent, figsize=(5 * latent, 4), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        _map(ax, results, results["z"].isel(latent=i).values, None, cmap="viridis", label=f"z{i}")
+        ax.set_title(f"latent z{i}")
+    _save(fig, figures["latent_maps"])
+
+    try:
+        decoded = results.rvae.decoded_spectra()
+    except (OSError, ValueError, TypeError) as err:
+        log(f"decoded spectra skipped: {' '.join(str(err).split())[:160]}")
+        del figures["decoded_spectra"]
+    else:
+        energy = decoded["energy"].values if "energy" in decoded.coords else np.arange(decoded.sizes["energy"])
+        fig, axes = plt.subplots(1, latent, figsize=(5 * latent, 4), squeeze=False)
+        colours = plt.get_cmap("viridis")(np.linspace(0, 1, decoded.sizes["step"]))
+        for i, ax in enumerate(axes[0]):
+            for k, colour in enumerate(colours):
+                ax.plot(energy, decoded.values[i, k], color=colour, lw=1,
+                        label=f"z{i} = {float(decoded['z'][i, k]):.2f}" if k in (0, len(colours) - 1) else None)
+            ax.set(title=f"decoded along z{i} (no shift)", ylabel="normalised",
+                   xlabel=f"energy ({decoded['energy'].attrs.get('units', '')})" if "energy" in decoded.coords
+                   else "channel")
+            ax.legend(fontsize=8)
+        _save(fig, figures["decoded_spectra"])
+
+    baseline = _pca_nmf_spectra(plt, results, figures["pca_nmf"], log)
+    if baseline is None:
+        del figures["pca_nmf"]
+    return _summary(results, 1, baseline)
+
+
+def _pca_nmf_spectra(plt, results, path, log):
+    """The first two PCA and NMF components of the training spectra, each beside its score map."""
+    found = _decompose(results, log)
+    if found is None:
+        return None
+    fig, axes = plt.subplots(4, 2, figsize=(10, 14))
+    for row, name in enumerate(("pca", "nmf")):
+        for k in range(2):
+            line, score = axes[2 * row + k]
+            line.plot(found[f"{name}_components"][k])
+            line.set(title=f"{name.upper()} component {k + 1}", xlabel="sample channel")
+            drawn = score.scatter(found["x"], found["y"], c=found[name][:, k], s=4, cmap="viridis")
+            score.set(title=f"{name.upper()} score {k + 1}", aspect="equal")
+            score.invert_yaxis()
+            fig.colorbar(drawn, ax=score)
+    _save(fig, path)
+    return found
 
 
 def _background(results):
@@ -143,10 +216,9 @@ def _reference(plt, results, background, path):
     _save(fig, path)
 
 
-def _pca_nmf(plt, results, path, log):
-    """The first two PCA and NMF components of the windows the rVAE was trained on (the patch
-    store the results name, if it is unchanged), drawn where those windows were cut; returns the
-    decomposition, or None when it was skipped."""
+def _decompose(results, log):
+    """PCA and NMF of the samples the model was trained on (the patch store the results name, if
+    it is unchanged), or None when that cannot be done (said in the log)."""
     from .decomposition import decompose
     from .provenance import store_fingerprint
 
@@ -155,9 +227,17 @@ def _pca_nmf(plt, results, path, log):
         if store_fingerprint(patches, "patches") != results.attrs.get("patches_fingerprint"):
             log(f"PCA/NMF skipped: patch store {patches!r} changed since the results were encoded")
             return None
-        found = decompose(patches)
+        return decompose(patches)
     except (OSError, ValueError, KeyError, TypeError) as err:
         log(f"PCA/NMF skipped: {' '.join(str(err).split())[:160]}")
+        return None
+
+
+def _pca_nmf(plt, results, path, log):
+    """The first two PCA and NMF components of the windows the rVAE was trained on, drawn where
+    those windows were cut; returns the decomposition, or None when it was skipped."""
+    found = _decompose(results, log)
+    if found is None:
         return None
     fig, axes = plt.subplots(2, 2, figsize=(10, 8.5))
     for row, name in enumerate(("pca", "nmf")):
@@ -182,6 +262,8 @@ def _summary(results, symmetry, baseline=None):
         lines.append(f"rotation: circular mean {results.rvae.circular_mean():.2f} deg, circular std "
                      f"{results.rvae.circular_std():.2f} deg (modulo {360 / symmetry:g} deg), mean posterior std "
                      f"{np.degrees(np.nanmean(results['angle_std'].values)):.2f} deg")
+    if "shift" in results:
+        lines += _shift_lines(results)
     lines.append(f"reconstruction error (normalised MSE): mean {float(results['recon_error'].mean()):.4g}")
     if "reference_angle" in results and "angle" in results:
         difference = np.abs(results.rvae.against_reference().values)
@@ -211,10 +293,35 @@ def _summary(results, symmetry, baseline=None):
     lines += _degenerate(results, symmetry)
     if baseline is not None:
         explained = ", ".join(f"{v:.1%}" for v in baseline["explained"])
-        lines.append(f"PCA of the {len(baseline['pca'])} training windows: the first components explain {explained} "
-                     f"of the variance (pca_nmf.png: PCA and NMF maps; no angle)")
+        what, lacks = ("spectra", "components and score maps; no shift") if "shift" in results else ("windows", "maps; "
+                                                                                                      "no angle")
+        lines.append(f"PCA of the {len(baseline['pca'])} training {what}: the first components explain {explained} "
+                     f"of the variance (pca_nmf.png: PCA and NMF {lacks})")
     lines.append(f"checkpoint: {results.attrs.get('checkpoint')}  git {results.attrs.get('git_commit', '')[:10]}")
     return "\n".join(lines) + "\n"
+
+
+def _shift_lines(results):
+    """A spectrum shift map's summary: its spread, and its agreement with the classical estimate."""
+    shift = results["shift"].values
+    units = results["shift"].attrs.get("units", "")
+    width = abs(float(results["shift"].attrs.get("channel_width", 1.0)))
+    low, high = np.nanpercentile(shift, [1, 99])
+    lines = [f"shift along energy: mean {np.nanmean(shift):.4g} {units}, std {np.nanstd(shift):.3g} {units}, 1-99% "
+             f"{low:.4g} to {high:.4g} {units} (one channel: {width:.3g} {units}); mean posterior std "
+             f"{np.nanmean(results['shift_std'].values):.3g} {units}"]
+    if "reference_difference" in results:
+        difference = np.abs(results["reference_difference"].values)
+        median = float(np.nanmedian(difference))
+        lines.append(f"classical reference (cross-correlation against the aligned mean spectrum): the shift differs by "
+                     f"{np.nanmean(difference):.3g} {units} on average, median {median:.3g} {units}, after one global "
+                     f"offset (shift_map.png)")
+        if median > width:
+            lines.append(f"WARNING: the shift-VAE's map and the classical estimate disagree by more than a channel at "
+                         f"most positions (median {median:.3g} {units}): spectra whose shapes differ on one side of a "
+                         f"feature move the best-matching shift by themselves, or one map is wrong; check "
+                         f"shift_map.png and decoded_spectra.png before trusting either")
+    return lines
 
 
 def _degenerate(results, symmetry, few=50):

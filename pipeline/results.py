@@ -55,9 +55,10 @@ class EncodePlan:
         return ScanGrid(self.positions.rows[region[0]], self.positions.cols[region[1]]), region
 
 
-def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None):
+def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None, reference_shift=False):
     """The results Dataset, lazily zero-filled, with coordinates and units; with the classical
-    reference map's variables where ``reference_symmetry`` (the lattice's n) is known."""
+    reference map's variables where ``reference_symmetry`` (the lattice's n) is known, or the
+    classical shift map's (``reference_shift``, spectra)."""
     latent = model.latent_dim
     space = plan.shape
 
@@ -124,6 +125,13 @@ def results_template(plan, cube, model, symmetry, attrs, reference_symmetry=None
                                          f"{frame}",
             "channel_width": attrs.get("energy_per_channel", 1.0)})
         data["shift_std"] = (plan.dims, empty(), {"units": units, "long_name": "shift posterior std"})
+        if reference_shift:
+            data["reference_shift"] = (plan.dims, empty(), {
+                "units": units, "long_name": "classical reference: cross-correlation shift against the aligned mean "
+                                             "of the training spectra (positive: towards higher energy)"})
+            data["reference_difference"] = (plan.dims, empty(), {
+                "units": units, "long_name": "shift - reference_shift after one global offset: near 0 where the "
+                                             "shift-VAE and the classical map agree"})
         if "frame_reference_code" in attrs:
             data["frame_offset"] = (plan.dims, empty(), {
                 "units": units, "long_name": "shift of the decoder's spectrum at the sample's code against the "
@@ -153,8 +161,8 @@ def mark_done(group, b):
 
 def write_block(group, plan, model, region, mean, std, error, offset, symmetry, reference=None):
     """Write one block's posterior (columns ``[angle?, shift?, z...]``) with each window's frame
-    ``offset`` (included in the angle), and its classical ``reference`` ``(angle, confidence)`` if
-    any, into its region."""
+    ``offset`` (included in the angle or shift), and its classical ``reference`` (results
+    variable name to values) if any, into its region."""
     shape = tuple(len(range(*r.indices(n))) for r, n in zip(region, plan.shape))
 
     def put(name, values):  # values (n,) or (latent, n) in flat position order
@@ -182,9 +190,8 @@ def write_block(group, plan, model, region, mean, std, error, offset, symmetry, 
     put("z", mean[:, i:].T)
     put("z_std", std[:, i:].T)
     put("recon_error", error)
-    if reference is not None:
-        put("reference_angle", reference[0])
-        put("reference_confidence", reference[1])
+    for name, values in (reference or {}).items():
+        put(name, values)
 
 
 def missing_values(ds):
@@ -240,19 +247,24 @@ def load_results(path):
 
 
 def write_reference_difference(path, group):
-    """Fill ``reference_difference`` from the written angles (call once every block is written):
-    the circular offset of ``angle`` against ``reference_angle`` over the whole map, a Dask
-    reduction, then each chunk's difference, written chunk by chunk."""
+    """Fill ``reference_difference`` from the written maps (call once every block is written):
+    the offset of ``angle`` against ``reference_angle`` (circular) or of ``shift`` against
+    ``reference_shift`` over the whole map, a Dask reduction, then each chunk's difference,
+    written chunk by chunk."""
     import dask.array as da
 
     ds = xr.open_zarr(path)
     if "reference_difference" not in ds:
         return
-    n = int(ds["reference_difference"].attrs["symmetry"])
-    turn = n * (ds["angle"].data - ds["reference_angle"].data)
-    cos, sin = da.compute(da.nanmean(da.cos(turn)), da.nanmean(da.sin(turn)))
-    offset = np.arctan2(sin, cos)
-    difference = da.angle(da.exp(1j * (turn - offset))) / n
+    if "reference_shift" in ds:
+        difference = ds["shift"].data - ds["reference_shift"].data
+        difference = difference - da.nanmean(difference).compute()
+    else:
+        n = int(ds["reference_difference"].attrs["symmetry"])
+        turn = n * (ds["angle"].data - ds["reference_angle"].data)
+        cos, sin = da.compute(da.nanmean(da.cos(turn)), da.nanmean(da.sin(turn)))
+        offset = np.arctan2(sin, cos)
+        difference = da.angle(da.exp(1j * (turn - offset))) / n
     da.store(difference.astype(np.float32), group["reference_difference"], lock=False)
 
 

@@ -146,13 +146,14 @@ def shift_spectra(spectra, shifts):
 
 
 def classical_shifts(spectra, iterations=3, max_shift=None):
-    """The classical per-spectrum shift estimate in channels: cross-correlation against the mean
-    spectrum (:func:`cross_correlation_shift`), then against the mean of the spectra aligned by
-    that estimate, ``iterations`` times in all (a mean of unaligned spectra is blurred by their
-    shifts; aligned, it sharpens). Relative to the final mean spectrum."""
+    """``(shifts, reference)``: the classical per-spectrum shift estimate in channels,
+    cross-correlation against the mean spectrum (:func:`cross_correlation_shift`), then against
+    the mean of the spectra aligned by that estimate, ``iterations`` times in all (a mean of
+    unaligned spectra is blurred by their shifts; aligned, it sharpens); and that final mean
+    spectrum, what the shifts are relative to."""
     spectra = np.asarray(spectra, dtype=np.float64)
     reference = spectra.mean(axis=0)
     for _ in range(iterations):
         shifts = cross_correlation_shift(spectra, reference, max_shift)
         reference = shift_spectra(spectra, -shifts).mean(axis=0)
-    return shifts
+    return shifts, reference, reference
