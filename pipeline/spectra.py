@@ -156,4 +156,4 @@ def classical_shifts(spectra, iterations=3, max_shift=None):
     for _ in range(iterations):
         shifts = cross_correlation_shift(spectra, reference, max_shift)
         reference = shift_spectra(spectra, -shifts).mean(axis=0)
-    return shifts, reference, reference
+    return shifts, reference

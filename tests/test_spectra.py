@@ -101,7 +101,7 @@ def test_bad_spectra_settings_are_one_line(spectrum_image, tmp_path, rvae, args,
 
 
 @pytest.mark.slow  # several rvae processes: not in `make test-quick`
-def test_spectra_mode_needs_a_spectrum_image_and_training_says_what_is_missing(spectrum_image, tmp_path, rvae):
+def test_spectra_mode_needs_a_spectrum_image(tmp_path, rvae):
     from pipeline.synthetic import lattice_grains
 
     np.save(tmp_path / "image.npy", lattice_grains(size=64, seed=0)["data"].values)
@@ -110,15 +110,14 @@ def test_spectra_mode_needs_a_spectrum_image_and_training_says_what_is_missing(s
     assert refused.returncode == 1 and "needs a spectrum image with dims (y, x, energy)" in refused.stderr
     refused = rvae("patches", tmp_path / "image.zarr", tmp_path / "p.zarr", "--window", "16", "--energy", "1:2")
     assert refused.returncode == 1 and "apply to --mode spectra" in refused.stderr
-
-    cube, *_ = spectrum_image
-    assert rvae("patches", cube, tmp_path / "s.zarr", "--mode", "spectra").returncode == 0
-    refused = rvae("train", tmp_path / "s.zarr", tmp_path / "model.ckpt")
-    assert refused.returncode == 1 and "need a 1-D model" in refused.stderr and not (tmp_path / "model.ckpt").exists()
+    assert rvae("patches", tmp_path / "image.zarr", tmp_path / "p.zarr", "--window", "16").returncode == 0
+    refused = rvae("train", tmp_path / "p.zarr", tmp_path / "m.ckpt", "--likelihood", "poisson")
+    assert refused.returncode == 1 and "for spectra" in refused.stderr and not (tmp_path / "m.ckpt").exists()
 
 
 def test_a_real_eels_spectrum_image_from_a_package(tmp_path, rvae, real_file):
-    """HyperSpy 1.7.6's Gatan EELS spectrum image (2 x 2 positions, 2048 channels in eV)."""
+    """HyperSpy 1.7.6's Gatan EELS spectrum image (2 x 2 positions, 2048 channels in eV): patches
+    as cut, then every stage to a report."""
     assert rvae("ingest", real_file("EELS_SI.dm4"), tmp_path / "cube.zarr").returncode == 0
     cube = xr.open_zarr(tmp_path / "cube.zarr")["data"]
     lo, hi = float(cube["energy"][100]), float(cube["energy"][1100])
@@ -132,3 +131,27 @@ def test_a_real_eels_spectrum_image_from_a_package(tmp_path, rvae, real_file):
     rows, cols = patches["row"].values.astype(int), patches["col"].values.astype(int)
     spectra = cube.values[rows, cols, start:start + (stop - start) // 4 * 4].astype(np.float64)
     np.testing.assert_allclose(values, spectra.reshape(4, -1, 4).sum(axis=2), rtol=1e-4, atol=1e-2)
+    for step in (("train", tmp_path / "p.zarr", tmp_path / "m.ckpt"),
+                 ("encode", tmp_path / "cube.zarr", tmp_path / "p.zarr", tmp_path / "m.ckpt", tmp_path / "r.zarr"),
+                 ("report", tmp_path / "r.zarr", tmp_path / "report")):
+        done = rvae(*step)
+        assert done.returncode == 0, done.stderr
+    results = xr.open_zarr(tmp_path / "r.zarr")
+    assert results["shift"].shape == (2, 2) and results["shift"].attrs["units"] == "eV"
+    assert np.isfinite(results["shift"].values).all() and (tmp_path / "report" / "shift_map.png").exists()
+
+
+@pytest.mark.slow  # every stage
+def test_a_real_cathodoluminescence_line_scan_through_every_stage(tmp_path, rvae, real_file):
+    """HyperSpy 1.7.6's CL line scan (67 positions, 1336 wavelengths in nm): a shift map in nm."""
+    assert rvae("ingest", real_file("test-MonoCL_spectrum-SI.dm4"), tmp_path / "cube.zarr").returncode == 0
+    for step in (("patches", tmp_path / "cube.zarr", tmp_path / "p.zarr", "--mode", "spectra", "--binning", "4"),
+                 ("train", tmp_path / "p.zarr", tmp_path / "m.ckpt"),
+                 ("encode", tmp_path / "cube.zarr", tmp_path / "p.zarr", tmp_path / "m.ckpt", tmp_path / "r.zarr"),
+                 ("report", tmp_path / "r.zarr", tmp_path / "report")):
+        done = rvae(*step)
+        assert done.returncode == 0, done.stderr
+    results = xr.open_zarr(tmp_path / "r.zarr")
+    assert results["shift"].shape == (1, 67) and results["shift"].attrs["units"] == "nm"
+    assert np.isfinite(results["reference_shift"].values).all()
+    assert "shift along energy" in (tmp_path / "report" / "summary.txt").read_text()
