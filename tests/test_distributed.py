@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import RVAE, load_checkpoint
+from models import build_model, load_checkpoint
 from pipeline.dataset import ShardedPatchReader
 from pipeline.distributed import ClusterEnvironment, NoStrategy
 from pipeline.patches import write_patches
-from pipeline.train import KL_WARMUP, kl_weight
+from pipeline.train import KL_WARMUP, kl_weight, resolve_model_options
 
 # clusters, ranks, long training or a fresh environment: not in `make test-quick`
 pytestmark = pytest.mark.slow
@@ -29,6 +29,17 @@ def small_patches(lattice_cube, tmp_path_factory):
     path = tmp_path_factory.mktemp("dist") / "patches.zarr"
     write_patches(lattice_cube, path, mode="points", window=16, max_samples=256, progress=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def spectra_patches(tmp_path_factory):
+    """A spectra patch store (256 spectra of 64 channels) of a synthetic spectrum image."""
+    from pipeline.synthetic import write_synthetic
+
+    work = tmp_path_factory.mktemp("dist-spectra")
+    write_synthetic(work / "cube.zarr", kind="spectra", size=16, channels=64, log=lambda line: None)
+    write_patches(work / "cube.zarr", work / "patches.zarr", mode="spectra", progress=False)
+    return work / "patches.zarr"
 
 
 def test_a_start_that_leaves_the_angle_undetermined_is_trained_again_from_the_next(tmp_path):
@@ -74,7 +85,8 @@ def reference_on_union(patches):
     torch.set_num_threads(1)
     readers = [ShardedPatchReader(patches, batch_size=BATCH, rank=r, world_size=2, seed=SEED) for r in range(2)]
     torch.manual_seed(SEED)
-    model = RVAE(readers[0].sample_shape, hidden=(64, 64))
+    options = resolve_model_options(readers[0].spec, {"hidden": (64, 64)})  # an rVAE, or a shift-VAE for spectra
+    model = build_model({"image_shape": readers[0].sample_shape, **options})
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     with torch.no_grad():
         model.loss(torch.zeros(2, *readers[0].sample_shape))
@@ -124,6 +136,16 @@ def test_two_ranks_equal_one_rank_on_the_union_of_their_batches(backend, launche
         torch.testing.assert_close(rank0[name], value, atol=2e-5, rtol=1e-4, msg=name)
     _, payload = load_checkpoint(tmp_path / "model.ckpt")
     assert payload["finished"] and payload["settings"]["world_size"] == 2
+
+
+def test_two_ranks_train_a_shift_vae_as_one_rank_on_the_union_of_their_batches(spectra_patches, tmp_path):
+    result = launch("ddp", "torchrun", spectra_patches, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    for name, value in reference_on_union(spectra_patches).items():
+        torch.testing.assert_close(rank0[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    model, payload = load_checkpoint(tmp_path / "model.ckpt")
+    assert model.kind == "spectrum" and payload["settings"]["world_size"] == 2
 
 
 def test_sigterm_mid_epoch_then_restart_equals_an_uninterrupted_run(small_patches, tmp_path):
