@@ -14,7 +14,7 @@ from models import build_model, load_checkpoint
 from pipeline.dataset import ShardedPatchReader
 from pipeline.distributed import ClusterEnvironment, NoStrategy
 from pipeline.patches import write_patches
-from pipeline.train import KL_WARMUP, kl_weight, resolve_model_options
+from pipeline.train import KL_WARMUP, kl_weight, make_optimizer, resolve_model_options
 
 # clusters, ranks, long training or a fresh environment: not in `make test-quick`
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def reference_on_union(patches):
     torch.manual_seed(SEED)
     options = resolve_model_options(readers[0].spec, {"hidden": (64, 64)})  # an rVAE, or a shift-VAE for spectra
     model = build_model({"image_shape": readers[0].sample_shape, **options})
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(model, 1e-3)
     with torch.no_grad():
         model.loss(torch.zeros(2, *readers[0].sample_shape))
     rng = []
