@@ -105,7 +105,7 @@ def pca_baseline(patches_path, recon_error, shift_truth_at_samples):
             needed = k
             break
     pca_scores = (x - pca.mean_) @ pca.components_[:4].T
-    nmf_scores = NMF(n_components=4, init="nndsvda", max_iter=400, random_state=0).fit_transform(np.clip(x, 0, None))
+    nmf_scores = NMF(n_components=4, init="nndsvda", max_iter=2000, random_state=0).fit_transform(np.clip(x, 0, None))
 
     def best_r(scores):
         return max(abs(np.corrcoef(scores[:, k], shift_truth_at_samples)[0, 1]) for k in range(scores.shape[1]))

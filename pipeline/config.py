@@ -148,7 +148,7 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         "auto", description="passes over the patch store; auto: 30, or more for a small stack so that training takes "
-                            "at least 300 optimizer steps")
+                            "at least 300 optimizer steps (3000 for spectra)")
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         "auto", description="samples per step on each rank; auto: 128, or half of each rank's share of a smaller "
                             "stack")

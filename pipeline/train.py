@@ -32,6 +32,10 @@ from .stores import check_distinct, check_writable, output_lock, writing
 # columns makes a stack of a few batches, and 30 epochs of it leave the rVAE's decoder unconverged
 # (docs/bench_accuracy.md).
 DEFAULT_EPOCHS, MIN_STEPS = 30, 300
+# Spectra: a shift is read to a twentieth of a channel against the decoder's spectra, which 30 epochs
+# of a 64 x 64 scan (960 steps) leave rippled: its shift map 0.067 channel from the truth, the classical
+# estimate's 0.049; after 3,200 steps 0.047 (docs/bench_spectra.md). A step of a spectrum is cheap.
+MIN_STEPS_SPECTRA = 3000
 # restarts="auto" on such a stack: this many starts, each tried for TRIAL of the steps. On a few hundred
 # windows some starts leave the angle collapsed to its prior; their loss is already the worst early on.
 RESTARTS, TRIAL = 3, 0.15
@@ -43,9 +47,10 @@ UNDETERMINED_DEG = 20.0
 KL_WARMUP = 0.3  # the default fraction of the steps over which the KL weight rises to 1
 
 
-def auto_epochs(steps_per_epoch):
-    """The epochs ``epochs="auto"`` trains for: :data:`DEFAULT_EPOCHS`, or enough for :data:`MIN_STEPS`."""
-    return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
+def auto_epochs(steps_per_epoch, min_steps=MIN_STEPS):
+    """The epochs ``epochs="auto"`` trains for: :data:`DEFAULT_EPOCHS`, or enough for ``min_steps``
+    (:data:`MIN_STEPS`; :data:`MIN_STEPS_SPECTRA` for spectra)."""
+    return max(DEFAULT_EPOCHS, math.ceil(min_steps / steps_per_epoch))
 
 
 def kl_weight(step, steps, warmup):
@@ -214,9 +219,10 @@ def _schedule(reader, patches_path, model_options, options, world_size, log=lamb
     steps_per_epoch = reader.steps_per_epoch(1)
     epochs, restarts = options.epochs, options.restarts
     if epochs == "auto":
-        epochs = auto_epochs(steps_per_epoch)
+        min_steps = MIN_STEPS_SPECTRA if reader.spec.mode == "spectra" else MIN_STEPS
+        epochs = auto_epochs(steps_per_epoch, min_steps)
         log(f"epochs auto: {epochs} ({steps_per_epoch} step(s) of {reader.batch_size} x {world_size} rank(s) "
-            f"per epoch; at least {DEFAULT_EPOCHS} epochs and {MIN_STEPS} steps)")
+            f"per epoch; at least {DEFAULT_EPOCHS} epochs and {min_steps} steps)")
         if restarts == "auto":
             restarts = RESTARTS if epochs > DEFAULT_EPOCHS else 1
     restarts = 1 if restarts == "auto" else restarts
