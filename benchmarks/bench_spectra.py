@@ -247,8 +247,8 @@ def speed(work, rounds, epochs, threads):
              for key in ("train", "encode")}
     refined = float(np.median([o["refined"] / p["encode"] for o, p in zip(runs["ours"], runs["pyroved"])]))
     elbo = {kind: float(np.median([r["elbo"] for r in results])) for kind, results in runs.items()}
-    print(f"median ratio (ours / pyroVED): training {ratio['train']:.1f}x, amortized encode {ratio['encode']:.1f}x, "
-          f"refined encode {refined:.1f}x; held-out -ELBO per spectrum: ours {elbo['ours']:.1f}, pyroVED "
+    print(f"median ratio (ours / pyroVED): training {ratio['train']:.1f}x, amortized encode {ratio['encode']:.2f}x, "
+          f"refined encode {refined:.3f}x; held-out -ELBO per spectrum: ours {elbo['ours']:.1f}, pyroVED "
           f"{elbo['pyroved']:.1f} (lower is better)")
 
 

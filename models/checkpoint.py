@@ -13,11 +13,13 @@ import tempfile
 
 import torch
 
+from .im2spec import ImageToSpectrum, SpectrumToImage
 from .rvae import RVAE
 from .spectral import SpectrumVAE
 
 FORMAT = "rvae-hpc checkpoint 1"
-MODELS = {"image": RVAE, "spectrum": SpectrumVAE}  # by the config's "kind" (image models record none)
+# by the config's "kind" (image models record none)
+MODELS = {"image": RVAE, "spectrum": SpectrumVAE, "im2spec": ImageToSpectrum, "spec2im": SpectrumToImage}
 
 
 def build_model(config):

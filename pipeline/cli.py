@@ -40,6 +40,10 @@ COMMANDS = {
                [("cube", "the cube the patch store was cut from"), ("patches", "the patch store"),
                 ("checkpoint", "the trained model"), ("out", "the results store to write, or to resume")],
                [cfg.EncodeConfig], True),
+    "im2spec": ("predict each position's spectrum from the image window around it (and back), scored on held-out "
+                "positions against nearest-neighbour and PCA-regression baselines",
+                [("image", "an image cube (y, x), e.g. HAADF"), ("spectra", "a spectrum image on the same scan"),
+                 ("out", "the folder to write the models and scores.json in")], [cfg.Im2specConfig], False),
     "report": ("figures and a summary of results.zarr",
                [("results", "a results store made by rvae encode"), ("out", "the folder to draw the report in")],
                [], False),
@@ -250,6 +254,14 @@ def _encode_command(args, say):
     say(f"wrote {args.out}")
 
 
+def _im2spec_command(args, say):
+    from .im2spec import im2spec
+
+    im2spec(args.image, args.spectra, args.out, overwrite=args.overwrite, log=say,
+            **_section_values(args, cfg.Im2specConfig))
+    say(f"wrote {args.out}")
+
+
 def _report_command(args, say):
     from .report import write_report
 
@@ -299,7 +311,8 @@ def _demo_command(args, say):
 
 
 HANDLERS = {"synth": _synth_command, "ingest": _ingest_command, "patches": _patches_command,
-            "train": _train_command, "encode": _encode_command, "report": _report_command, "run": _run_command,
+            "train": _train_command, "encode": _encode_command, "im2spec": _im2spec_command,
+            "report": _report_command, "run": _run_command,
             "submit": _submit_command, "export": _export_command, "status": _status_command,
             "cancel": _cancel_command, "demo": _demo_command}
 

@@ -61,6 +61,24 @@ class SyntheticConfig(Section):
     seed: int = Field(0, description="random seed of the grains' orientations and the noise")
 
 
+class Im2specConfig(Section):
+    """Image window to spectrum and back (``rvae im2spec``)."""
+    window: int = Field(16, ge=4, description="side of the image window around each position, px")
+    energy: str = Field("", description="the spectra's range, lo:hi in the energy axis' units (default: the whole "
+                                        "axis)")
+    binning: int = Field(1, ge=1, description="spectrum channels summed into one")
+    latent_dim: int = Field(3, ge=1, le=64, description="values in the bottleneck between encoder and decoder")
+    epochs: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="passes over the training pairs; auto: 30, or enough for 3000 optimizer steps")
+    input_noise: float = Field(0.1, ge=0, le=1, description="Gaussian noise added to each training input (on the "
+                                                            "[0, 1] scale), against memorising its own noise")
+    held_out: float = Field(0.2, gt=0, lt=0.8, description="fraction of the scan's tiles (2 windows a side) held "
+                                                          "out; training keeps a window away from them")
+    max_samples: int = Field(20000, ge=16, description="pairs cut at random positions, at most")
+    seed: int = Field(0, description="random seed of the positions and the model's weights")
+    variable: str = Field("data", description="data variable of both cubes")
+
+
 class IngestConfig(Section):
     """Source file to Zarr cube (``rvae ingest``)."""
     dims: Optional[str] = Field(None, description="comma-separated dim names, e.g. 'y,x,ky,kx' (default: by ndim)")

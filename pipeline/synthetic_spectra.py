@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .synthetic import grain_seeds
+from .synthetic import grain_angles, grain_seeds
 
 # where the plasmon-like peak, the edge and the second peak sit (fractions of the axis), unshifted
 PEAK, EDGE, SECOND = 0.25, 0.5, 0.78
@@ -51,6 +51,9 @@ class ShiftedSpectra:
     def __init__(self, size=64, channels=128, regions=4, max_shift=6.0, drift=1.0, seed=0):
         rng = np.random.default_rng(seed)
         self.size, self.channels, self.drift, self.seed = size, channels, drift, seed
+        # drawn as the synthetic lattice draws its grains: with its size, grains and seed, the regions
+        # are the lattice image's grains (an image and a spectrum image of one scan, for im2spec)
+        grain_angles(regions, 6, rng)
         self.seeds = grain_seeds(regions, size, rng)
         self.region_shift = rng.uniform(-max_shift, max_shift, regions)
         self.region_width = rng.permutation(np.linspace(2.5, 4.5, regions))
