@@ -85,19 +85,7 @@ def _draw_spectra(plt, results, figures, log):
     """A shift-VAE's results: the shift map beside the classical one and their difference, the
     latent maps, spectra decoded along each latent, PCA/NMF components with their score maps;
     returns the summary."""
-    units = results["shift"].attrs.get("units", "") if "shift" in results else ""
-    panels = [(name, title) for name, title in (("shift", "shift-VAE shift"),
-                                                ("reference_shift", "classical: cross-correlation shift"),
-                                                ("reference_difference", "shift-VAE - classical (one offset removed)"))
-              if name in results]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.3 * max(1, len(panels)), 4.5), squeeze=False)
-    for ax, (name, title) in zip(axes[0], panels):
-        _map(ax, results, results[name].values, None, cmap="RdBu_r" if name == "reference_difference" else "viridis",
-             label=f"{name} ({units})")
-        ax.set_title(title)
-    if not panels:
-        axes[0, 0].set_title("no shift latent (a plain VAE)")
-    _save(fig, figures["shift_map"])
+    _shift_figure(plt, results, figures["shift_map"])
 
     latent = results.sizes["latent"]
     fig, axes = plt.subplots(1, latent, figsize=(5 * latent, 4), squeeze=False)
@@ -129,6 +117,32 @@ def _draw_spectra(plt, results, figures, log):
     if baseline is None:
         del figures["pca_nmf"]
     return _summary(results, 1, baseline)
+
+
+def _shift_figure(plt, results, path):
+    """The shift map beside the classical one and their difference (along the line for a line scan)."""
+    units = results["shift"].attrs.get("units", "") if "shift" in results else ""
+    panels = [(name, title) for name, title in (("shift", "shift-VAE shift"),
+                                                ("reference_shift", "classical: cross-correlation shift"),
+                                                ("reference_difference", "shift-VAE - classical (one offset removed)"))
+              if name in results]
+    if results.sizes.get("y") == 1:  # a line scan
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for name, title in panels:
+            ax.plot(results["x"].values, results[name].values[0], label=title)
+        ax.set(xlabel=f"x ({results['x'].attrs.get('units', '')})", ylabel=f"shift ({units})",
+               title="shift along the line scan" if panels else "no shift latent (a plain VAE)")
+        if panels:
+            ax.legend(fontsize=8)
+    else:
+        fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.3 * max(1, len(panels)), 4.5), squeeze=False)
+        for ax, (name, title) in zip(axes[0], panels):
+            _map(ax, results, results[name].values, None,
+                 cmap="RdBu_r" if name == "reference_difference" else "viridis", label=f"{name} ({units})")
+            ax.set_title(title)
+        if not panels:
+            axes[0, 0].set_title("no shift latent (a plain VAE)")
+    _save(fig, path)
 
 
 def _pca_nmf_spectra(plt, results, path, log):
