@@ -233,8 +233,12 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _settings_that_apply(self):
-        if self.patches.mode == "frames" and self.patches.transform != "none":
-            raise ValueError("patches.transform applies to 'points' and 'grid' windows, not to 'frames'")
+        mode = self.patches.mode
+        if mode in ("frames", "spectra") and self.patches.transform != "none":
+            raise ValueError(f"patches.transform applies to 'points' and 'grid' windows, not to '{mode}'")
+        if mode == "spectra" and self.synthetic.kind != "spectra" and self.input is None:
+            raise ValueError(f"patches.mode: spectra needs a spectrum image: set input, or synthetic.kind: spectra "
+                             f"(synthetic.kind is {self.synthetic.kind!r})")
         check_encode_on_dask(self.dask, **self.encode.model_dump())
         if self.site and self.dask != "slurm":
             raise ValueError(f"site: {self.site!r} is for the Dask worker jobs of dask: slurm (dask is {self.dask!r}); "

@@ -108,8 +108,7 @@ def _draw_spectra(plt, results, figures, log):
                 ax.plot(energy, decoded.values[i, k], color=colour, lw=1,
                         label=f"z{i} = {float(decoded['z'][i, k]):.2f}" if k in (0, len(colours) - 1) else None)
             ax.set(title=f"decoded along z{i} (no shift)", ylabel="normalised",
-                   xlabel=f"energy ({decoded['energy'].attrs.get('units', '')})" if "energy" in decoded.coords
-                   else "channel")
+                   xlabel=_axis_label(decoded["energy"]) if "energy" in decoded.coords else "channel")
             ax.legend(fontsize=8)
         _save(fig, figures["decoded_spectra"])
 
@@ -117,6 +116,11 @@ def _draw_spectra(plt, results, figures, log):
     if baseline is None:
         del figures["pca_nmf"]
     return _summary(results, 1, baseline)
+
+
+def _axis_label(coordinate):
+    """``long name (units)`` of a coordinate: an energy axis may hold wavelengths or wavenumbers."""
+    return f"{coordinate.attrs.get('long_name', coordinate.name)} ({coordinate.attrs.get('units', '')})"
 
 
 def _shift_figure(plt, results, path):

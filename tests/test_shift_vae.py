@@ -143,3 +143,24 @@ def test_two_ranks_encode_the_spectra_one_process_encodes(encoded, tmp_path):
     assert two.attrs["world_size"] == 2 and two.attrs["complete"] is True
     for name in ("shift", "shift_std", "z", "z_std", "recon_error", "reference_shift", "reference_difference"):
         np.testing.assert_allclose(two[name].values, one[name].values, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow  # the whole chain
+def test_the_spectra_example_runs_the_whole_chain(tmp_path, rvae):
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "examples" / "spectra.yaml").read_text())
+    config["workdir"] = str(tmp_path / "run")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    done = rvae("run", tmp_path / "run.yaml")
+    assert done.returncode == 0, done.stderr
+    cube, results = xr.open_zarr(tmp_path / "run" / "cube.zarr"), xr.open_zarr(tmp_path / "run" / "results.zarr")
+    assert channel_mae(results, cube) < 0.15  # 64 x 64 positions, dose 200: the noise's floor is ~0.1
+    assert "shift along energy" in (tmp_path / "run" / "report" / "summary.txt").read_text()
+
+
+def test_a_run_configuration_says_when_spectra_have_no_spectrum_image(tmp_path, rvae):
+    (tmp_path / "run.yaml").write_text(f"workdir: {tmp_path / 'run'}\npatches:\n  mode: spectra\n")
+    refused = rvae("run", tmp_path / "run.yaml")
+    assert refused.returncode == 1 and "needs a spectrum image" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
