@@ -26,9 +26,9 @@ def shifted_coordinates(grid, shift, batch):
 
 class SpectralDecoder(nn.Module):
     def renderer(self, code):
-        """A function of the shift ``(B,)`` giving the decoder's output at ``code`` (one code, or
-        ``B``): decoded afresh for each call here."""
-        return lambda shift: self(code.expand(len(shift), -1), shift)
+        """A function of the shift ``(B,)`` (or None: unshifted) giving the decoder's output at
+        ``code`` (one code, or ``B``): decoded afresh for each call here."""
+        return lambda shift: self(code if shift is None else code.expand(len(shift), -1), shift)
 
 
 class ResampleDecoder(SpectralDecoder):
@@ -51,7 +51,7 @@ class ResampleDecoder(SpectralDecoder):
     def renderer(self, code):
         """The canvas decoded once, then only resampled for each shift."""
         canvas = self.net(code).view(-1, self.canvas[0], 1, self.canvas[1])
-        return lambda shift: self._place(canvas.expand(len(shift), -1, -1, -1), shift)
+        return lambda shift: self._place(canvas if shift is None else canvas.expand(len(shift), -1, -1, -1), shift)
 
     def _place(self, canvas, shift):
         where = shifted_coordinates(self.grid, shift, canvas.shape[0]) / self.half  # on the canvas' (-1, 1)

@@ -311,8 +311,8 @@ def _summary(results, symmetry, baseline=None):
     lines += _degenerate(results, symmetry)
     if baseline is not None:
         explained = ", ".join(f"{v:.1%}" for v in baseline["explained"])
-        what, lacks = ("spectra", "components and score maps; no shift") if "shift" in results else ("windows", "maps; "
-                                                                                                      "no angle")
+        spectra = results.attrs.get("mode") == "spectra"
+        what, lacks = ("spectra", "components and score maps; no shift") if spectra else ("windows", "maps; no angle")
         lines.append(f"PCA of the {len(baseline['pca'])} training {what}: the first components explain {explained} "
                      f"of the variance (pca_nmf.png: PCA and NMF {lacks})")
     lines.append(f"checkpoint: {results.attrs.get('checkpoint')}  git {results.attrs.get('git_commit', '')[:10]}")

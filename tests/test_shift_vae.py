@@ -32,6 +32,18 @@ def test_each_decoder_moves_its_spectrum_by_the_shift(decoder):
                                        atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("decoder", ["warp", "spatial", "broadcast"])
+def test_a_plain_vae_of_spectra_encodes_without_a_shift(decoder):
+    from pipeline.encode import encode_spectra
+
+    model = SpectrumVAE((1, 1, CHANNELS), shift=False, decoder=decoder)
+    samples = np.random.default_rng(0).random((5, 1, 1, CHANNELS), dtype=np.float32)
+    mean, std, error, offset = encode_spectra(model, samples, 2, energy_per_channel=0.5)
+    assert mean.shape == std.shape == (5, 2) and error.shape == offset.shape == (5,)
+    torch.testing.assert_close(torch.from_numpy(error), ((model.reconstruct(torch.from_numpy(samples)) -
+                                                         torch.from_numpy(samples)) ** 2).mean(dim=(1, 2, 3)))
+
+
 def test_the_search_finds_a_known_shift_to_a_fraction_of_a_channel():
     torch.manual_seed(1)
     model = SpectrumVAE((1, 1, CHANNELS))
