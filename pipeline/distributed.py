@@ -8,6 +8,7 @@ Two separate ideas, as in Lightning's fabric:
   ``setup``, ``wrap``, ``allreduce_mean``, ``allgather``, ``barrier`` and ``shutdown`` and never
   branches on the backend.
 """
+import contextlib
 import datetime
 import os
 import socket
@@ -206,6 +207,13 @@ class HorovodStrategy(NoStrategy):
 
 
 STRATEGIES = {"none": NoStrategy, "ddp": DDPStrategy, "horovod": HorovodStrategy}
+
+
+def precision_context(device, precision):
+    """The forward passes' autocast context on ``device``: bfloat16 for ``precision="bf16"``, else none."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def make_strategy(backend, *, timeout=300, compression="none", environment=None):

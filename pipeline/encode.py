@@ -20,6 +20,7 @@ Who encodes the blocks:
   block is a task, the model is sent to each worker once.
 """
 import contextlib
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -38,7 +39,7 @@ from . import provenance
 from .compression import results_codecs
 from .config import check_encode_on_dask
 from .cube_regions import RegionReader
-from .distributed import ClusterEnvironment, make_strategy
+from .distributed import ClusterEnvironment, make_strategy, precision_context
 from .lattice import orientation
 from .patches import check_cube, positions_to_encode, region_bounds
 from .preemption import Preempted, PreemptionFlag
@@ -75,11 +76,9 @@ def encode_samples(model, samples, batch_size, device=torch.device("cpu"), preci
     decoder over one period of the ``symmetry`` and put it in the search's one frame (its
     ``frame_offset`` added); None keeps the encoder's angles (offsets 0). The reconstruction, and
     its error over the model's support, is of the window's own code at the refined angle."""
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
     samples = torch.from_numpy(samples)
     means, stds, errors, offsets = [], [], [], []
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), precision_context(device, precision):
         for i in range(0, len(samples), batch_size):
             x = samples[i:i + batch_size]
             if device.type == "cuda":
@@ -115,11 +114,9 @@ def encode_spectra(model, samples, batch_size, energy_per_channel, device=torch.
     (``energy_per_channel`` a sample channel). ``search``: a :class:`~models.shift_search.ShiftSearch`
     to refine each shift against the decoder, in its one frame; None keeps the encoder's shifts.
     The reconstruction is of the sample's own code at its shift."""
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
     samples = torch.from_numpy(samples)
     means, stds, errors, offsets = [], [], [], []
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), precision_context(device, precision):
         for i in range(0, len(samples), batch_size):
             x = samples[i:i + batch_size].to(device, non_blocking=True)
             mean, std = model.encode(x)
@@ -189,26 +186,22 @@ def neighbour_flips(search, sample, symmetry):
     return float(np.mean(np.abs(difference) > np.pi / (2 * symmetry)))
 
 
-def sample_indices(patch_store, count=2048):
-    """Up to ``count`` indices spread evenly over the patch store's samples."""
-    n = patch_store.sizes["sample"]
-    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
-
-
 def training_sample(patch_store, spec, count=2048):
-    """Up to ``count`` normalised training samples spread evenly over the patch store."""
-    return spec.normalise(patch_store["patches"].isel(sample=sample_indices(patch_store, count)).values)
+    """``(samples, positions)``: up to ``count`` normalised training samples spread evenly over the
+    patch store, and their ``(row, col)``."""
+    n = patch_store.sizes["sample"]
+    picked = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+    positions = np.stack([patch_store["row"].values[picked], patch_store["col"].values[picked]], -1)
+    return spec.normalise(patch_store["patches"].isel(sample=picked).values), positions
 
 
-def frame_reference(model, patch_store, spec, count=2048):
+def frame_reference(model, samples, positions):
     """``(code, sample)``: the code whose decoded image defines angle 0, the median of the encoder's
-    codes of up to ``count`` training windows spread evenly over the patch store, and that sample
-    ``(windows, encoded, positions)``."""
-    windows = torch.from_numpy(training_sample(patch_store, spec, count))
-    picked = sample_indices(patch_store, count)
+    codes of the training ``samples`` (:func:`training_sample`), and that sample ``(windows,
+    encoded, positions)``."""
+    windows = torch.from_numpy(samples)
     with torch.inference_mode():
         mean, _ = model.encode(windows)
-    positions = np.stack([patch_store["row"].values[picked], patch_store["col"].values[picked]], -1)
     return model._split(mean, mean)["z"][0].median(dim=0).values.tolist(), (windows, mean, positions)
 
 
@@ -240,6 +233,7 @@ class EncodeJob:
                              f"({trained_on}) than patch store {str(patches_path)!r} makes them ({spec}); "
                              f"train on this patch store")
         positions = positions_to_encode(patch_store)
+        training = functools.cache(lambda: training_sample(patch_store, spec))  # read once, if at all
         self.energy_per_channel = None
         self.spectral_shift = self.model.kind == "spectrum" and self.model.shift
         self.reference_spectrum = None  # the classical estimate's reference, for spectra
@@ -248,7 +242,7 @@ class EncodeJob:
 
             self.energy_per_channel = channel_width(self.cube["energy"].values, spec)
             if self.spectral_shift:
-                self.reference_spectrum = classical_shifts(training_sample(patch_store, spec)[:, 0, 0])[1]
+                self.reference_spectrum = classical_shifts(training()[0][:, 0, 0])[1]
         # the classical reference map, computed from the same windows (where the lattice is known)
         # (read on the strongest Bragg ring; stores written before it was recorded, on the lattice's period)
         self.lattice = ((attrs.get("lattice_orientation_spacing", attrs["lattice_spacing"]), attrs["lattice_symmetry"])
@@ -262,7 +256,7 @@ class EncodeJob:
         self.refine = refine = bool(refine and (self.model.rotation or self.spectral_shift))
         # One frame: every window's angle against the decoder's image at one reference code
         # (models.refinement); class-conditional decoders draw a different image per class.
-        self.reference, sample = (frame_reference(self.model, patch_store, spec)
+        self.reference, sample = (frame_reference(self.model, *training())
                                   if refine and frame == "reference" and not self.model.num_classes else (None, None))
         self.searches = {}  # an AngleSearch per device
         chosen = {}

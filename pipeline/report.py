@@ -53,12 +53,8 @@ def _draw(plt, results, figures, log):
     ax.set_title(f"rotation map (modulo {360 // symmetry} deg)" if symmetry > 1 else "rotation map")
     _save(fig, figures["rotation_map"])
 
+    _latent_maps(plt, results, background, figures["latent_maps"])
     latent = results.sizes["latent"]
-    fig, axes = plt.subplots(1, latent, figsize=(5 * latent, 4), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        _map(ax, results, results["z"].isel(latent=i).values, background, cmap="viridis", label=f"z{i}")
-        ax.set_title(f"latent z{i}")
-    _save(fig, figures["latent_maps"])
 
     z = results["z"].values.reshape(latent, -1)
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -87,12 +83,8 @@ def _draw_spectra(plt, results, figures, log):
     returns the summary."""
     _shift_figure(plt, results, figures["shift_map"])
 
+    _latent_maps(plt, results, None, figures["latent_maps"])
     latent = results.sizes["latent"]
-    fig, axes = plt.subplots(1, latent, figsize=(5 * latent, 4), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        _map(ax, results, results["z"].isel(latent=i).values, None, cmap="viridis", label=f"z{i}")
-        ax.set_title(f"latent z{i}")
-    _save(fig, figures["latent_maps"])
 
     try:
         decoded = results.rvae.decoded_spectra()
@@ -166,6 +158,16 @@ def _pca_nmf_spectra(plt, results, path, log):
             fig.colorbar(drawn, ax=score)
     _save(fig, path)
     return found
+
+
+def _latent_maps(plt, results, background, path):
+    """Each latent's map, side by side."""
+    latent = results.sizes["latent"]
+    fig, axes = plt.subplots(1, latent, figsize=(5 * latent, 4), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        _map(ax, results, results["z"].isel(latent=i).values, background, cmap="viridis", label=f"z{i}")
+        ax.set_title(f"latent z{i}")
+    _save(fig, path)
 
 
 def _background(results):

@@ -22,7 +22,7 @@ import torch
 from models import build_model, load_checkpoint, save_checkpoint
 
 from .dataset import ShardedPatchReader
-from .distributed import make_strategy
+from .distributed import make_strategy, precision_context
 from .preemption import Preempted, PreemptionFlag
 from .progress import format_duration
 from .provenance import store_fingerprint
@@ -121,8 +121,7 @@ def _train(strategy, patches_path, checkpoint_path, model_options, options, *, o
         log(f"{checkpoint_path}: up to date (trained on this patch store with these settings), kept")
         return load_checkpoint(checkpoint_path)[0]
 
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if options.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = precision_context(device, options.precision)
     total_steps = epochs * steps_per_epoch
     if resumed is not None:
         start_seed = resumed.get("start_seed", options.seed)
