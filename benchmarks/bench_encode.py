@@ -67,7 +67,7 @@ def worker(kind, work, mode, batch, block, out):
     from models import load_checkpoint
     from models.refinement import AngleSearch
     from pipeline.distributed import ClusterEnvironment
-    from pipeline.encode import encode, encode_samples, frame_reference
+    from pipeline.encode import encode, encode_samples, frame_reference, training_sample
     from pipeline.patches import positions_to_encode
     from pipeline.stores import open_store
     from pipeline.windows import WindowSpec
@@ -81,7 +81,7 @@ def worker(kind, work, mode, batch, block, out):
         spec = WindowSpec.from_attrs(store.attrs)
         samples = spec.normalise(store["patches"].values[:batch * 8])
         speed, symmetry = {}, int(store.attrs.get("lattice_symmetry", 1))
-        refined = AngleSearch(model, frame_reference(model, store, spec)[0])
+        refined = AngleSearch(model, frame_reference(model, *training_sample(store, spec))[0])
         for name, search in (("refined", refined), ("amortized", None), ("refined", refined), ("amortized", None)):
             encode_samples(model, samples[:batch], batch, search=search, symmetry=symmetry)  # warm-up
             start, count = time.perf_counter(), 0
